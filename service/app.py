@@ -1,0 +1,377 @@
+"""The HTTP app: ``create_app(settings)``; engine, batcher and metrics live in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message
+
+from service.artifact import MODES, ArtifactMeta
+from service.batcher import TileBatcher
+from service.codecs import (
+    class_summary,
+    decode_image,
+    encode_color_png,
+    encode_label_png,
+    encode_overlay,
+)
+from service.engine import Engine
+from service.errors import (
+    PROBLEM_MEDIA_TYPE,
+    BadRequest,
+    DeadlineExceeded,
+    NotReady,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthorized,
+    UnsupportedMediaType,
+    http_problem,
+    problem_body,
+    status_of,
+)
+from service.metrics import Metrics
+from service.middleware import ObservabilityMiddleware
+from service.params import OUTPUTS, InferenceParams, OverlayFormat, resolve
+from service.pipeline import Segmenter, Timings
+from service.settings import Settings
+
+log = logging.getLogger("pspnet.app")
+ROUTES = frozenset({"/v1/segment", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"})
+#: multipart framing around the image part may add this much to the body
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: Metrics
+    meta: ArtifactMeta | None = None
+    engine: Engine | None = None
+    batcher: TileBatcher | None = None
+    segmenter: Segmenter | None = None
+    executor: ThreadPoolExecutor | None = None
+    ready: bool = False
+    warmup_seconds: float | None = None
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def _state(request: Request) -> ServiceState:
+    s: ServiceState = request.app.state.service
+    return s
+
+
+def _problem(exc: BaseException, request: Request, **extra: Any) -> JSONResponse:
+    """Any exception as application/problem+json, with X-Request-ID and the error's own headers."""
+    rid = str(request.scope.get("state", {}).get("request_id", ""))
+    headers = {"X-Request-ID": rid}
+    if isinstance(exc, StarletteHTTPException):
+        # routing errors (404, 405): same shape, Starlette's status
+        status = exc.status_code
+        body = http_problem(status, str(exc.detail), request_id=rid, instance=request.url.path)
+        headers.update(exc.headers or {})
+    else:
+        status = status_of(exc)
+        body = problem_body(exc, request_id=rid, instance=request.url.path)
+        if isinstance(exc, ServiceError):
+            headers.update(exc.headers())
+    return JSONResponse({**body, **extra}, status_code=status, headers=headers,
+                        media_type=PROBLEM_MEDIA_TYPE)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _image_bytes(request: Request, settings: Settings) -> tuple[bytes, str | None]:
+    """The upload as bytes and its declared type: multipart field ``image`` or a raw body."""
+    ctype = request.headers.get("content-type")
+    base = (ctype or "").split(";")[0].strip().lower()
+    if base == "multipart/form-data":
+        raw = await _read_body(request, settings.max_body_bytes + MULTIPART_OVERHEAD)
+
+        async def replay() -> Message:
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=16)
+        part = form.get("image")
+        if part is None or isinstance(part, str):
+            raise BadRequest("multipart body needs a file field named 'image'")
+        data = await part.read()
+        if len(data) > settings.max_body_bytes:
+            raise PayloadTooLarge(f"image is over the limit of {settings.max_body_bytes} bytes")
+        return data, part.content_type
+    if base and not (base.startswith("image/") or base == "application/octet-stream"):
+        raise UnsupportedMediaType(
+            f"send the image as a raw body with an image/* Content-Type or as multipart field 'image', "
+            f"not {base}")
+    return await _read_body(request, settings.max_body_bytes), ctype
+
+
+async def _until_disconnect(receive: Callable[[], Awaitable[Message]]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _auth(request: Request) -> None:
+    token = _state(request).settings.auth_token
+    if token is None:
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    expected = token.get_secret_value().encode()
+    # compare_digest on bytes: the time does not depend on where the strings differ
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
+        raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+    state = ServiceState(settings=settings, metrics=metrics)
+
+    async def warm_up() -> None:
+        assert state.engine is not None
+        t0 = time.perf_counter()
+        if settings.warmup:
+            await asyncio.to_thread(state.engine.warmup, range(1, settings.max_batch + 1))
+        state.warmup_seconds = time.perf_counter() - t0
+        state.ready = True
+        metrics.ready.set(1)
+        log.info("ready: provider %s, warm-up %.2f s", state.engine.provider, state.warmup_seconds)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = await asyncio.to_thread(
+            Engine, settings.model, provider=settings.provider,
+            intra_op_threads=settings.intra_op_threads, inter_op_threads=settings.inter_op_threads,
+            max_batch=settings.max_batch)
+        state.engine, state.meta = engine, engine.meta
+        state.executor = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="pspnet-cpu")
+        state.batcher = TileBatcher(engine.run, max_batch=settings.max_batch,
+                                    max_wait_ms=settings.max_wait_ms,
+                                    max_queue_tiles=settings.max_queue_tiles, observer=metrics,
+                                    tile_shape=(3, *engine.tile))
+        await state.batcher.start()
+        state.segmenter = Segmenter(engine.meta, state.batcher, state.executor)
+        m = engine.meta
+        metrics.model_info.labels(name=m.name, dataset=m.dataset, provider=engine.provider,
+                                  tile=f"{m.tile[0]}x{m.tile[1]}", classes=str(m.num_classes)).set(1)
+        task = asyncio.create_task(warm_up())
+        state.background.add(task)
+        task.add_done_callback(state.background.discard)
+        try:
+            yield
+        finally:
+            state.ready = False
+            metrics.ready.set(0)
+            for t in list(state.background):
+                t.cancel()
+            await state.batcher.stop(drain=True)
+            state.executor.shutdown(wait=True)
+            log.info("stopped")
+
+    app = FastAPI(title="PSPNet segmentation", version="0.1.0", lifespan=lifespan,
+                  description="Semantic segmentation with PSPNet on ONNX Runtime.")
+    app.state.service = state
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return _problem(exc, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("query", "body"))
+            parts.append(f"{where}: {e.get('msg', 'invalid')}")
+        return _problem(BadRequest("; ".join(parts) or "invalid request"), request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _problem(exc, request)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return _problem(exc, request)
+
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, routes=ROUTES)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process serves HTTP."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "not ready"}})
+    async def readyz(request: Request) -> Response:
+        """Readiness: model loaded and warmed up; names the execution provider really in use."""
+        body: dict[str, Any] = {
+            "ready": state.ready,
+            "provider": state.engine.provider if state.engine else None,
+            "fallback_reason": getattr(state.engine, "fallback_reason", None),
+            "model": state.meta.name if state.meta else None,
+            "warmup_seconds": state.warmup_seconds,
+        }
+        if not state.ready:
+            return _problem(NotReady("model is loading or warming up", retry_after=1), request, **body)
+        return JSONResponse(body)
+
+    @app.get("/metrics", tags=["health"])
+    async def prometheus_metrics() -> Response:
+        if state.batcher is not None:
+            metrics.queue_tiles.set(state.batcher.queue_depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", tags=["inference"], dependencies=[Depends(_auth)])
+    async def models() -> dict[str, Any]:
+        """The served model: classes with colours, tile, protocol defaults, provider."""
+        if state.meta is None or state.engine is None:
+            raise NotReady("model is loading", retry_after=1)
+        m = state.meta
+        return {"models": [{
+            "name": m.name, "dataset": m.dataset, "tile": list(m.tile),
+            "classes": [{"id": i, "name": n, "color": list(c)}
+                        for i, (n, c) in enumerate(zip(m.classes, m.palette, strict=True))],
+            "protocol": m.to_json()["protocol"], "modes": list(MODES), "outputs": list(OUTPUTS),
+            "provider": state.engine.provider, "source": m.source, "metrics": m.metrics,
+        }]}
+
+    segment_body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": {
+                    "type": "object", "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}}}},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                "image/webp": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        "responses": {
+            "200": {"description": "the segmentation",
+                    "content": {"image/png": {}, "image/jpeg": {}, "application/json": {}}},
+            **{str(s): {"description": d, "content": {PROBLEM_MEDIA_TYPE: {}}} for s, d in [
+                (400, "bad parameters"), (401, "missing or wrong bearer token"),
+                (413, "body or pixel count over the limit, or more tiles than the queue holds"),
+                (415, "not an image format we read"), (422, "undecodable image"),
+                (503, "overloaded or not ready"), (504, "deadline exceeded")]},
+        },
+    }
+
+    @app.post("/v1/segment", tags=["inference"], dependencies=[Depends(_auth)],
+              openapi_extra=segment_body, response_class=Response)
+    async def segment(
+        request: Request,
+        mode: Annotated[str | None, Query(description="whole | slide | multiscale")] = None,
+        flip: Annotated[bool | None, Query(description="also run mirrored tiles and average")] = None,
+        scales: Annotated[str | None, Query(description="comma-separated, e.g. 0.75,1.0,1.25")] = None,
+        output: Annotated[str, Query(description="color | label | overlay | json")] = "color",
+        format: Annotated[OverlayFormat, Query(description="overlay image format")] = "jpeg",
+        include_mask: Annotated[bool, Query(description="json output: add the label PNG, base64")] = False,
+    ) -> Response:
+        """Segment one image: the raw body (Content-Type image/*) or multipart field ``image``."""
+        if not state.ready or state.segmenter is None or state.meta is None:
+            raise NotReady("model is loading or warming up", retry_after=1)
+        if output not in OUTPUTS:
+            raise BadRequest(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        params = resolve(state.meta.protocol, mode=mode, flip=flip, scales=scales,
+                         max_scales=settings.max_scales)
+        deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
+        data, ctype = await _image_bytes(request, settings)
+        work = asyncio.ensure_future(_segment(state, data, ctype, params, output, format, include_mask,
+                                              deadline, request))
+        gone = asyncio.ensure_future(_until_disconnect(request.receive))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not work.done():
+            # the client went away: cancelling drops its queued tiles before they run
+            work.cancel()
+            metrics.on_reject("client_gone")
+            return Response(status_code=499)
+        return work.result()
+
+    return app
+
+
+async def _segment(state: ServiceState, data: bytes, ctype: str | None, params: InferenceParams,
+                   output: str, fmt: OverlayFormat, include_mask: bool, deadline: float,
+                   request: Request) -> Response:
+    assert state.segmenter is not None and state.meta is not None and state.executor is not None
+    settings, meta, metrics = state.settings, state.meta, state.metrics
+    loop = asyncio.get_running_loop()
+    timings = Timings()
+    try:
+        async with asyncio.timeout_at(deadline):
+            t0 = time.perf_counter()
+            decoded = await loop.run_in_executor(state.executor, partial(
+                decode_image, data, content_type=ctype, max_bytes=settings.max_body_bytes,
+                max_pixels=settings.max_pixels))
+            timings.add("decode", time.perf_counter() - t0)
+            labels, tiles = await state.segmenter.labels(decoded.rgb, params, deadline=deadline,
+                                                         timings=timings)
+            t0 = time.perf_counter()
+            body, media = await loop.run_in_executor(
+                state.executor, _encode, meta, settings, decoded.rgb, labels, output, fmt, include_mask)
+            timings.add("encode", time.perf_counter() - t0)
+    except TimeoutError:
+        metrics.on_reject("deadline")
+        raise DeadlineExceeded(f"not finished within {settings.request_timeout_s:g} s") from None
+    for stage, seconds in timings.stages.items():
+        metrics.stage.labels(stage=stage).observe(seconds)
+    request.scope["state"]["log_extra"] = {
+        "mode": params.mode, "scales": list(params.scales), "flip": params.flip, "tiles": tiles,
+        "output": output, "width": int(labels.shape[1]), "height": int(labels.shape[0]),
+        "stages_ms": {k: round(v * 1000, 2) for k, v in timings.stages.items()},
+    }
+    return Response(body, media_type=media, headers={
+        "server-timing": timings.header(), "x-pspnet-tiles": str(tiles), "x-pspnet-mode": params.mode})
+
+
+def _encode(meta: ArtifactMeta, settings: Settings, rgb: np.ndarray, labels: np.ndarray, output: str,
+            fmt: OverlayFormat, include_mask: bool) -> tuple[bytes, str]:
+    if output == "color":
+        return encode_color_png(labels, meta.palette), "image/png"
+    if output == "label":
+        return encode_label_png(labels, meta.num_classes), "image/png"
+    if output == "overlay":
+        img = encode_overlay(rgb, labels, meta.palette, alpha=settings.overlay_alpha, fmt=fmt,
+                             quality=settings.jpeg_quality)
+        return img, "image/png" if fmt == "png" else "image/jpeg"
+    doc: dict[str, Any] = {
+        "model": meta.name, "width": int(labels.shape[1]), "height": int(labels.shape[0]),
+        "classes": class_summary(labels, meta.classes, meta.palette),
+    }
+    if include_mask:
+        doc["mask"] = base64.b64encode(encode_label_png(labels, meta.num_classes)).decode("ascii")
+    return json.dumps(doc, separators=(",", ":")).encode(), "application/json"

@@ -1,0 +1,152 @@
+"""The ONNX artifact contract, read side (DESIGN.md "The seam").
+
+``model/`` writes one ``.onnx`` file whose ``metadata_props["pspnet"]`` is the
+JSON described by :class:`ArtifactMeta`; this module validates it and is the
+only place the service learns classes, palette, tile, normalisation and
+protocol defaults from. Nothing here imports ONNX Runtime or torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+
+METADATA_KEY = "pspnet"
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+Mode = Literal["whole", "slide", "multiscale"]
+MODES: tuple[Mode, ...] = ("whole", "slide", "multiscale")
+MULTISCALE = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+class ArtifactError(ValueError):
+    """The file is not a usable PSPNet artifact; the message says why."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The inference defaults a request gets when it does not say otherwise."""
+
+    mode: Mode = "slide"
+    base_size: int = 512
+    scales: tuple[float, ...] = (1.0,)
+    stride_rate: float = 2 / 3
+    flip: bool = False
+
+
+@dataclass(frozen=True)
+class ArtifactMeta:
+    name: str
+    dataset: str
+    classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    tile: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    align_corners: bool
+    protocol: Protocol
+    source: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "dataset": self.dataset, "classes": list(self.classes),
+            "palette": [list(c) for c in self.palette], "tile": list(self.tile),
+            "mean": list(self.mean), "std": list(self.std), "align_corners": self.align_corners,
+            "protocol": {"mode": self.protocol.mode, "base_size": self.protocol.base_size,
+                         "scales": list(self.protocol.scales), "stride_rate": self.protocol.stride_rate,
+                         "flip": self.protocol.flip},
+            "source": self.source, "metrics": self.metrics, **self.extra,
+        }
+
+
+def _require(d: dict[str, Any], key: str, where: str = "metadata") -> Any:
+    if key not in d:
+        raise ArtifactError(f"{where} lacks {key!r}")
+    return d[key]
+
+
+def parse_meta(raw: str) -> ArtifactMeta:
+    """Validate the ``pspnet`` metadata JSON; every problem is an ArtifactError."""
+    try:
+        d = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"metadata {METADATA_KEY!r} is not JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise ArtifactError("metadata must be a JSON object")
+    try:
+        classes = tuple(str(c) for c in _require(d, "classes"))
+        palette = tuple((int(c[0]), int(c[1]), int(c[2])) for c in _require(d, "palette"))
+        tile_h, tile_w = (int(v) for v in _require(d, "tile"))
+        mean = tuple(float(v) for v in _require(d, "mean"))
+        std = tuple(float(v) for v in _require(d, "std"))
+        p = _require(d, "protocol")
+        protocol = Protocol(
+            mode=str(_require(p, "mode", "protocol")),  # type: ignore[arg-type]
+            base_size=int(_require(p, "base_size", "protocol")),
+            scales=tuple(float(s) for s in _require(p, "scales", "protocol")),
+            stride_rate=float(_require(p, "stride_rate", "protocol")),
+            flip=bool(_require(p, "flip", "protocol")),
+        )
+    except (TypeError, ValueError, IndexError) as e:
+        if isinstance(e, ArtifactError):
+            raise
+        raise ArtifactError(f"malformed metadata: {e}") from None
+    if not classes:
+        raise ArtifactError("metadata has no classes")
+    if len(palette) != len(classes):
+        raise ArtifactError(f"{len(classes)} classes but {len(palette)} palette colours")
+    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+        raise ArtifactError("mean and std need three values each, std positive")
+    if tile_h < 8 or tile_w < 8:
+        raise ArtifactError(f"tile {tile_h}x{tile_w} is too small")
+    if protocol.mode not in MODES:
+        raise ArtifactError(f"protocol mode {protocol.mode!r} is not one of {MODES}")
+    if not protocol.scales or any(s <= 0 for s in protocol.scales):
+        raise ArtifactError("protocol scales must be positive")
+    if not 0 < protocol.stride_rate <= 1:
+        raise ArtifactError("protocol stride_rate must be in (0, 1]")
+    known = {"name", "dataset", "classes", "palette", "tile", "mean", "std", "align_corners",
+             "protocol", "source", "metrics"}
+    return ArtifactMeta(
+        name=str(d.get("name", "pspnet")), dataset=str(d.get("dataset", "unknown")),
+        classes=classes, palette=palette, tile=(tile_h, tile_w),
+        mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2]),
+        align_corners=bool(d.get("align_corners", False)), protocol=protocol,
+        source=dict(d.get("source") or {}), metrics=dict(d.get("metrics") or {}),
+        extra={k: v for k, v in d.items() if k not in known},
+    )
+
+
+def read_meta(path: Path) -> ArtifactMeta:
+    """Read and check an artifact's metadata and its input/output signature."""
+    if not path.is_file():
+        raise ArtifactError(f"model file not found: {path}")
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and friends
+        raise ArtifactError(f"{path} is not a readable ONNX model: {e}") from None
+    props = {p.key: p.value for p in m.metadata_props}
+    if METADATA_KEY not in props:
+        raise ArtifactError(f"{path} has no {METADATA_KEY!r} metadata: export it with pspnet-model")
+    meta = parse_meta(props[METADATA_KEY])
+    inputs = [i.name for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}]
+    if inputs != [INPUT_NAME]:
+        raise ArtifactError(f"expected one input {INPUT_NAME!r}, found {inputs}")
+    outputs = [o.name for o in m.graph.output]
+    if OUTPUT_NAME not in outputs:
+        raise ArtifactError(f"expected an output {OUTPUT_NAME!r}, found {outputs}")
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if len(shape) != 4 or shape[1] != 3 or tuple(shape[2:]) != meta.tile:
+        raise ArtifactError(f"input shape {shape} does not match [N, 3, {meta.tile[0]}, {meta.tile[1]}]")
+    return meta

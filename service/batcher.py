@@ -1,0 +1,350 @@
+"""Cross-request tile batching (DESIGN.md "Service", batching).
+
+Every request arrives as ``T`` same-shape tiles. They join one bounded FIFO
+queue of tiles; a single worker task takes up to ``max_batch`` of them, from
+however many requests, runs them through the runner in a dedicated thread (never
+on the event loop), and hands each request its rows back. A request's tiles may
+span several batches and a batch may mix requests.
+
+Policy:
+- A batch leaves as soon as ``max_batch`` tiles are queued, or ``max_wait_ms``
+  after its oldest tile was queued, whichever comes first. Tiles that already
+  waited behind a running batch leave at once.
+- Admission is all or nothing, decided at once: more tiles than the queue can
+  ever hold -> :class:`PayloadTooLarge`; not enough room now ->
+  :class:`Overloaded` with a Retry-After estimated from the queue depth and the
+  recent time per tile; after :meth:`TileBatcher.stop` began ->
+  :class:`NotReady` (503, the process is going away).
+- A request whose deadline passes gets :class:`DeadlineExceeded`; one whose
+  awaiting task is cancelled (the client went away) re-raises the cancellation.
+  Either way its tiles still queued are removed before they run.
+- A batch whose runner raises fails the requests with tiles in it (and drops
+  their remaining tiles); the worker goes on with the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from service.errors import DeadlineExceeded, NotReady, Overloaded, PayloadTooLarge
+
+log = logging.getLogger(__name__)
+
+Tiles = npt.NDArray[np.float32]
+Runner = Callable[[Tiles], Tiles]
+#: Retry-After bounds, seconds: never "0" (clients would hammer), never absurdly far.
+MIN_RETRY_AFTER, MAX_RETRY_AFTER = 1, 60
+
+
+class BatchObserver(Protocol):
+    """Metrics hooks (service.metrics.Metrics implements them); called on the event loop."""
+
+    def on_batch(self, size: int, seconds: float) -> None: ...
+    def on_drop(self, reason: str, tiles: int) -> None: ...
+    def on_reject(self, reason: str) -> None: ...
+    def on_queue(self, depth: int) -> None: ...
+
+
+@dataclass
+class BatcherStats:
+    """Running totals, for tests and debugging (metrics go through the observer)."""
+
+    batches: int = 0
+    tiles_run: int = 0
+    failed_batches: int = 0
+    batch_sizes: Counter[int] = field(default_factory=Counter)  # size -> number of batches
+    dropped: Counter[str] = field(default_factory=Counter)  # reason -> tiles removed unrun
+    rejected: Counter[str] = field(default_factory=Counter)  # reason -> requests refused
+
+
+class _Request:
+    """One submit: its tiles, how far the worker got, and where its rows go."""
+
+    __slots__ = ("deadline", "done", "enqueued_at", "future", "next", "out", "tiles", "total")
+
+    def __init__(self, tiles: Tiles, future: asyncio.Future[Tiles], now: float, deadline: float) -> None:
+        self.tiles = tiles
+        self.total = len(tiles)
+        self.future = future
+        self.enqueued_at = now
+        self.deadline = deadline
+        self.next = 0  # first tile not yet taken into a batch
+        self.done = 0  # tiles whose outputs have arrived
+        self.out: Tiles | None = None  # written only by the runner thread
+
+    @property
+    def dead(self) -> bool:
+        """Answered, failed, timed out or cancelled: its outputs are no longer wanted."""
+        return self.future.done()
+
+
+Part = tuple[_Request, int, int]  # request, first tile, stop
+
+
+class TileBatcher:
+    def __init__(self, runner: Runner, *, max_batch: int, max_wait_ms: float, max_queue_tiles: int,
+                 tile_shape: tuple[int, int, int] | None = None,
+                 observer: BatchObserver | None = None) -> None:
+        if max_batch < 1 or max_queue_tiles < 1 or max_wait_ms < 0:
+            raise ValueError("need max_batch >= 1, max_queue_tiles >= 1 and max_wait_ms >= 0")
+        self._runner = runner
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self.max_queue_tiles = max_queue_tiles
+        self.tile_shape = tile_shape  # (3, H, W) when known: a wrong shape is refused, not run
+        self._observer = observer
+        self.stats = BatcherStats()
+        self._queue: deque[_Request] = deque()
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._inflight: list[Part] = []
+        self._closing = False
+        self._worker: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._sec_per_tile: float | None = None  # moving average of batch seconds / batch size
+
+    # -- public ----------------------------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        """Tiles queued and not yet taken into a batch."""
+        return self._queued
+
+    @property
+    def accepting(self) -> bool:
+        """Started, not stopping, and the worker alive (a dead worker would let requests hang)."""
+        return self._worker is not None and not self._worker.done() and not self._closing
+
+    async def start(self) -> None:
+        if self._worker is not None:
+            raise RuntimeError("batcher already started")
+        # One thread: the runner (an ORT session with IO binding) sees one caller at a time.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pspnet-batch")
+        self._worker = asyncio.create_task(self._work(), name="pspnet-batcher")
+        self._worker.add_done_callback(_log_worker_exit)
+
+    async def stop(self, drain: bool = True) -> None:
+        """Refuse new work; with ``drain`` finish everything accepted, else fail it (NotReady)."""
+        self._closing = True
+        self._wake.set()
+        if not drain:
+            for r in [p[0] for p in self._inflight] + list(self._queue):
+                self._fail(r, NotReady("the server is shutting down"), "shutdown")
+        if self._worker is not None:
+            if not drain:
+                self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        if self._executor is not None:
+            # without drain a batch may still be running: let it finish in the background
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, tiles: Tiles, *, deadline: float) -> Tiles:
+        """Outputs for ``tiles`` ``(T, 3, H, W)``, in order, by ``deadline`` (``loop.time()`` clock)."""
+        loop = asyncio.get_running_loop()
+        n = self._check(tiles)
+        if not self.accepting:
+            self._reject("stopping")
+            raise NotReady("the batcher is not running or is shutting down")
+        if n > self.max_queue_tiles:
+            self._reject("too_large")
+            raise PayloadTooLarge(f"the request needs {n} tiles; the queue holds at most "
+                                  f"{self.max_queue_tiles}: use a smaller image, fewer scales or no flip")
+        if loop.time() >= deadline:
+            self._reject("deadline")
+            raise DeadlineExceeded("the deadline passed before the tiles were queued")
+        if self._queued + n > self.max_queue_tiles:
+            self._reject("overloaded")
+            raise Overloaded(f"{self._queued} tiles queued, no room for {n} more",
+                             retry_after=self.retry_after(n))
+        r = _Request(tiles, loop.create_future(), loop.time(), deadline)
+        self._queue.append(r)
+        self._queued += n
+        self._queue_changed()
+        self._wake.set()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await r.future
+        except TimeoutError:
+            self._drop(r, "deadline")
+            raise DeadlineExceeded("the deadline passed while the tiles waited or ran") from None
+        except asyncio.CancelledError:
+            self._drop(r, _end_reason(r, loop.time()))
+            raise
+
+    def retry_after(self, extra_tiles: int = 0) -> int:
+        """Seconds until the queue (plus ``extra_tiles``) would likely have run, 1..60."""
+        if self._sec_per_tile is None:
+            return MIN_RETRY_AFTER
+        eta = (self._queued + extra_tiles) * self._sec_per_tile
+        return max(MIN_RETRY_AFTER, min(MAX_RETRY_AFTER, math.ceil(eta)))
+
+    # -- admission and bookkeeping ---------------------------------------------------------------
+
+    def _check(self, tiles: Tiles) -> int:
+        if not (isinstance(tiles, np.ndarray) and tiles.dtype == np.float32 and tiles.ndim == 4
+                and len(tiles) > 0):
+            raise ValueError("tiles must be a non-empty float32 (T, 3, H, W) array")
+        if self.tile_shape is not None and tiles.shape[1:] != self.tile_shape:
+            raise ValueError(f"tiles must be (T, {', '.join(map(str, self.tile_shape))}), got {tiles.shape}")
+        return len(tiles)
+
+    def _observe(self, call: Callable[[BatchObserver], None]) -> None:
+        if self._observer is None:
+            return
+        try:
+            call(self._observer)
+        except Exception:  # metrics must never take the batcher down
+            log.exception("batch observer failed")
+
+    def _queue_changed(self) -> None:
+        depth = self._queued
+        self._observe(lambda o: o.on_queue(depth))
+
+    def _reject(self, reason: str) -> None:
+        self.stats.rejected[reason] += 1
+        self._observe(lambda o: o.on_reject(reason))
+
+    def _drop(self, r: _Request, reason: str) -> None:
+        """Take ``r``'s not-yet-batched tiles out of the queue (the request is over)."""
+        left = r.total - r.next
+        if left == 0:
+            return
+        self._queue.remove(r)
+        r.next = r.total
+        self._queued -= left
+        self.stats.dropped[reason] += left
+        self._observe(lambda o: o.on_drop(reason, left))
+        self._queue_changed()
+
+    def _fail(self, r: _Request, error: BaseException, reason: str) -> None:
+        if not r.future.done():
+            r.future.set_exception(error)
+        self._drop(r, reason)
+
+    # -- the worker --------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            parts = await self._next_batch()
+            if parts is None:
+                return
+            if not parts:  # every queued request was cancelled while we waited
+                continue
+            self._inflight = parts
+            try:
+                await self._run(parts)
+            finally:
+                self._inflight = []
+
+    async def _next_batch(self) -> list[Part] | None:
+        """Wait for a batch's worth of tiles, or for the oldest one's max_wait to pass."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return None
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self._queued >= self.max_batch or self._closing:
+                break  # full, or draining: nothing more is coming
+            remaining = self._queue[0].enqueued_at + self.max_wait - loop.time()
+            if remaining <= 0:
+                break
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
+        return self._take()
+
+    def _take(self) -> list[Part]:
+        now = asyncio.get_running_loop().time()
+        parts: list[Part] = []
+        need = self.max_batch
+        while need and self._queue:
+            r = self._queue[0]
+            if r.dead:  # cancelled a moment ago; its own handler has not run yet
+                self._drop(r, _end_reason(r, now))
+                continue
+            k = min(need, r.total - r.next)
+            parts.append((r, r.next, r.next + k))
+            r.next += k
+            need -= k
+            if r.next == r.total:
+                self._queue.popleft()
+        self._queued -= self.max_batch - need
+        self._queue_changed()
+        return parts
+
+    async def _run(self, parts: list[Part]) -> None:
+        assert self._executor is not None
+        loop = asyncio.get_running_loop()
+        size = sum(b - a for _, a, b in parts)
+        try:
+            seconds = await loop.run_in_executor(self._executor, self._execute, parts)
+        except Exception as e:  # CancelledError is not an Exception: stop(drain=False) passes through
+            self.stats.failed_batches += 1
+            log.error("batch of %d tiles failed: %r", size, e, exc_info=e)
+            for r, _, _ in parts:  # a request appears at most once in a batch
+                self._fail(r, e, "failed")
+            return
+        self.stats.batches += 1
+        self.stats.tiles_run += size
+        self.stats.batch_sizes[size] += 1
+        # a short moving average of seconds per tile: recent enough to follow load, smooth enough
+        # that one slow batch does not swing Retry-After
+        per_tile = seconds / size
+        prev = self._sec_per_tile
+        self._sec_per_tile = per_tile if prev is None else 0.8 * prev + 0.2 * per_tile
+        self._observe(lambda o: o.on_batch(size, seconds))
+        for r, a, b in parts:
+            r.done += b - a
+            if r.done == r.total and not r.future.done():
+                assert r.out is not None
+                r.future.set_result(r.out)
+
+    def _execute(self, parts: list[Part]) -> float:
+        """Runner thread: gather the batch, run it, scatter rows to their requests."""
+        pieces = [r.tiles[a:b] for r, a, b in parts]
+        batch = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        t0 = time.perf_counter()
+        out = self._runner(batch)
+        seconds = time.perf_counter() - t0
+        if not isinstance(out, np.ndarray) or out.ndim < 1 or len(out) != len(batch):
+            raise RuntimeError(f"runner returned {getattr(out, 'shape', type(out))} for {len(batch)} tiles")
+        offset = 0
+        for r, a, b in parts:
+            rows = out[offset:offset + b - a]
+            offset += b - a
+            if r.dead:
+                continue  # timed out or cancelled meanwhile: nobody will read it
+            if a == 0 and b == r.total:
+                r.out = rows  # the whole request in this batch: a view, no copy
+            else:
+                if r.out is None:
+                    r.out = np.empty((r.total, *out.shape[1:]), dtype=out.dtype)
+                r.out[a:b] = rows
+        return seconds
+
+
+def _end_reason(r: _Request, now: float) -> str:
+    # an outer timeout on the same deadline cancels rather than times out: tell by the clock
+    return "deadline" if now >= r.deadline else "cancelled"
+
+
+def _log_worker_exit(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("batch worker died", exc_info=task.exception())

@@ -1,0 +1,52 @@
+"""Service settings: environment variables with the ``PSPNET_`` prefix.
+
+Built in ``main`` (never at import) and validated there: a bad value stops the
+server with a message naming the variable. Every field is also a flag of
+``pspnet-serve`` (``--max-batch`` for ``PSPNET_MAX_BATCH`` ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: the default model shipped in the repository (and copied into the images)
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "weights" / "pspnet_camvid.onnx"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PSPNET_", extra="ignore", protected_namespaces=())
+
+    model: Path = Field(DEFAULT_MODEL, description="ONNX artifact to serve (exported by pspnet-model)")
+    host: str = Field("0.0.0.0", description="bind address")
+    port: int = Field(8000, ge=1, le=65535, description="bind port")
+    provider: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="execution provider: auto = CUDA when available, else CPU")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = one per core)")
+    inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads")
+    cpu_workers: int = Field(2, ge=1, le=64,
+                             description="threads for decode, resize, stitch and encode")
+    max_batch: int = Field(4, ge=1, le=256, description="most tiles in one inference batch")
+    max_wait_ms: float = Field(2.0, ge=0, le=1000,
+                               description="how long a batch waits for more tiles after its first")
+    max_queue_tiles: int = Field(256, ge=1, description="bound of the tile queue; beyond it requests get 503")
+    request_timeout_s: float = Field(60.0, gt=0, description="per-request deadline (504 when exceeded)")
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest accepted upload (413)")
+    max_pixels: int = Field(40_000_000, ge=1, description="largest accepted image, width x height (413)")
+    max_scales: int = Field(8, ge=1, le=32, description="most scales one request may ask for")
+    warmup: bool = Field(True, description="run every batch size once before reporting ready")
+    auth_token: SecretStr | None = Field(
+        None, description="if set, /v1/* requires 'Authorization: Bearer <token>'")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    jpeg_quality: int = Field(90, ge=1, le=100, description="quality of JPEG overlays")
+    overlay_alpha: float = Field(0.5, ge=0, le=1, description="weight of the mask in overlays")
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, v: Path) -> Path:
+        if not v.is_file():
+            raise ValueError(f"model file not found: {v}")
+        return v
