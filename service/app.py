@@ -78,9 +78,9 @@ def _state(request: Request) -> ServiceState:
 
 
 def _problem(exc: BaseException, request: Request, **extra: Any) -> JSONResponse:
-    """Any exception as application/problem+json, with X-Request-ID and the error's own headers."""
+    """Any exception as application/problem+json, with the error's own headers."""
     rid = str(request.scope.get("state", {}).get("request_id", ""))
-    headers = {"X-Request-ID": rid}
+    headers: dict[str, str] = {}
     if isinstance(exc, StarletteHTTPException):
         # routing errors (404, 405): same shape, Starlette's status
         status = exc.status_code
@@ -221,7 +221,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return _problem(exc, request)
+        response = _problem(exc, request)
+        # this handler runs outside the middleware stack, so the id header is added here
+        response.headers["X-Request-ID"] = str(request.scope.get("state", {}).get("request_id", ""))
+        return response
 
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, routes=ROUTES)
 
