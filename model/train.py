@@ -51,6 +51,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     val_every: int = 5
     checkpoint_every: int = 50
+    stop_after: int | None = None  # iterations in this run, then checkpoint and return (resume later)
     seed: int = 0
     threads: int = 0
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
@@ -157,6 +158,7 @@ def train(cfg: TrainConfig, num_classes: int) -> Path:
 
     autocast = cfg.precision == "bf16"
     start = time.time()
+    ran = 0
     while state["epoch"] < cfg.epochs:
         epoch = int(state["epoch"])  # type: ignore[call-overload]
         rng = np.random.default_rng([cfg.seed, epoch])
@@ -190,6 +192,12 @@ def train(cfg: TrainConfig, num_classes: int) -> Path:
             losses.append(loss.item())
             state["iteration"] = it + 1
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.4f}")
+            ran += 1
+            if cfg.stop_after is not None and ran >= cfg.stop_after:
+                save(last, full=True)
+                bar.close()
+                log.info("stopped after %d iterations at iteration %d; run again to resume", ran, it + 1)
+                return last
             if (it + 1) % cfg.checkpoint_every == 0:
                 save(last, full=True)
         bar.close()

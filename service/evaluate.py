@@ -18,13 +18,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from service.artifact import ArtifactMeta
-from service.codecs import decode_image
 from service.engine import Engine
 from service.errors import ServiceError
 from service.folders import paired_files
-from service.offline import add_inference_flags, load_engine
+from service.offline import add_inference_flags, load_engine, read_image
 from service.params import InferenceParams, resolve
-from service.pipeline import labels_from_probs, segment_offline
+from service.pipeline import labels_offline
 from service.scoring import confusion_matrix, scores
 
 
@@ -38,11 +37,11 @@ def evaluate(engine: Engine, pairs: list[tuple[Path, Path]], params: InferencePa
     t0 = time.perf_counter()
     for img_path, lab_path in tqdm(pairs, desc="evaluate", unit="img", disable=not progress,
                                    dynamic_ncols=True):
-        img = decode_image(img_path.read_bytes(), content_type=None, max_bytes=1 << 31, max_pixels=1 << 31)
+        img = read_image(img_path)
         label = np.asarray(Image.open(lab_path))
         if label.ndim != 2 or label.shape != img.rgb.shape[:2]:
             raise ValueError(f"label {lab_path} ({label.shape}) does not match image {img.rgb.shape[:2]}")
-        pred = labels_from_probs(segment_offline(meta, engine.run, img.rgb, params, max_batch=max_batch), n)
+        pred = labels_offline(meta, engine.run, img.rgb, params, max_batch=max_batch)
         cm += confusion_matrix(pred, label, n)
     result = scores(cm)
     return {

@@ -10,11 +10,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from service.artifact import MODES, ArtifactError
-from service.codecs import class_summary, decode_image, encode_color_png, encode_label_png, encode_overlay
+from service.codecs import (
+    DecodedImage,
+    class_summary,
+    decode_image,
+    encode_color_png,
+    encode_label_png,
+    encode_overlay,
+)
 from service.engine import Engine
 from service.errors import ServiceError
 from service.params import OUTPUTS, resolve
-from service.pipeline import labels_from_probs, segment_offline
+from service.pipeline import labels_offline
 from service.settings import DEFAULT_MODEL
 
 SUFFIX = {"color": ".png", "label": ".png", "overlay": ".jpg", "json": ".json"}
@@ -28,6 +35,11 @@ def add_inference_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
     p.add_argument("--max-batch", type=int, default=4)
+
+
+def read_image(path: Path) -> DecodedImage:
+    """A local file through the service's own decoder (EXIF, modes, first frame), no size limits."""
+    return decode_image(path.read_bytes(), content_type=None, max_bytes=1 << 31, max_pixels=1 << 31)
 
 
 def load_engine(args: argparse.Namespace) -> Engine:
@@ -56,13 +68,12 @@ def segment_main(argv: list[str]) -> int:
     failed = 0
     for path in tqdm(args.images, desc="segment", unit="img", dynamic_ncols=True):
         try:
-            img = decode_image(path.read_bytes(), content_type=None, max_bytes=1 << 31, max_pixels=1 << 31)
+            img = read_image(path)
         except (OSError, ServiceError) as e:
             tqdm.write(f"skipped {path}: {e}")
             failed += 1
             continue
-        labels = labels_from_probs(segment_offline(meta, engine.run, img.rgb, params,
-                                                   max_batch=args.max_batch), meta.num_classes)
+        labels = labels_offline(meta, engine.run, img.rgb, params, max_batch=args.max_batch)
         target = args.out / (path.stem + SUFFIX[args.output])
         if args.output == "color":
             target.write_bytes(encode_color_png(labels, meta.palette))

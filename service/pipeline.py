@@ -62,6 +62,14 @@ def segment_offline(meta: ArtifactMeta, run: Runner, image: np.ndarray, params: 
     return stitch(plan, run_chunked(run, plan.tiles, max_batch))
 
 
+def labels_offline(meta: ArtifactMeta, run: Runner, image: np.ndarray, params: InferenceParams,
+                   *, max_batch: int) -> np.ndarray:
+    """Label map (H, W) for one image, synchronously (argmax of the float64 probabilities)."""
+    plan = make_plan(meta, image, params)
+    labels: np.ndarray = stitch_labels(plan, run_chunked(run, plan.tiles, max_batch))
+    return labels
+
+
 class TileSubmitter(Protocol):
     """What the Segmenter needs of the batcher (service.batcher.TileBatcher)."""
 
