@@ -26,7 +26,8 @@ def png_bytes(height: int = 40, width: int = 60, seed: int = 0, mode: str = "RGB
 
 
 @asynccontextmanager
-async def serving(model: Path, *, wait_ready: bool = True, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+async def serving(model: Path, *, wait_ready: bool = True,
+                  **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(model=model, **overrides)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
