@@ -45,7 +45,8 @@ def legend(meta: ArtifactMeta, ids: list[int], width: int) -> Image.Image:
     return img
 
 
-def picture(meta: ArtifactMeta, rgb: np.ndarray, labels: np.ndarray, style: str) -> Image.Image:
+def picture(meta: ArtifactMeta, rgb: np.ndarray, labels: np.ndarray, style: str,
+            scale: float = 1.0) -> Image.Image:
     colours = np.asarray(meta.palette, dtype=np.uint8)[labels]
     if style == "mask":
         body = Image.fromarray(colours)
@@ -53,6 +54,8 @@ def picture(meta: ArtifactMeta, rgb: np.ndarray, labels: np.ndarray, style: str)
         body = Image.fromarray((0.5 * rgb + 0.5 * colours).round().astype(np.uint8))
     else:
         body = Image.fromarray(np.concatenate([rgb, colours], axis=1))
+    if scale != 1.0:  # before the legend, so its text stays readable
+        body = body.resize((round(body.width * scale), round(body.height * scale)), Image.LANCZOS)
     present = sorted(int(i) for i in np.unique(labels))
     leg = legend(meta, present, body.width)
     out = Image.new("RGB", (body.width, body.height + leg.height), "white")
@@ -93,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in tqdm(args.images, desc="render", unit="img"):
         rgb = read_image(path).rgb
         labels = labels_offline(meta, engine.run, rgb, params, max_batch=4)
-        pic = picture(meta, rgb, labels, args.style)
-        if args.scale != 1.0:
-            pic = pic.resize((round(pic.width * args.scale), round(pic.height * args.scale)), Image.LANCZOS)
+        pic = picture(meta, rgb, labels, args.style, args.scale)
         pic.save(args.out / f"{path.stem}.png")
         pictures.append(pic)
     if args.grid:
