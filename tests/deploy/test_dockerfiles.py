@@ -1,0 +1,113 @@
+"""The two images: what they copy, how they install, run, and are configured.
+
+No Docker engine here, so these read the Dockerfiles; the install step itself
+runs for real in test_install.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from service.settings import Settings
+
+from .helpers import (
+    DOCKERFILES,
+    ROOT,
+    copy_sources,
+    dockerignore_keeps,
+    dockerignore_patterns,
+    load_module,
+    parse_dockerfile,
+)
+
+SETTING_VARS = {f"PSPNET_{name.upper()}" for name in Settings.model_fields}
+
+
+@pytest.fixture(scope="module", params=sorted(DOCKERFILES))
+def flavour(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_multi_stage_builder_then_runtime(flavour: str) -> None:
+    stages = {s.name: s for s in parse_dockerfile(DOCKERFILES[flavour])}
+    assert {"base", "builder", "runtime"} <= set(stages)
+    # the runtime is the last stage (what `docker build` tags) and takes only the venv from the builder
+    last = parse_dockerfile(DOCKERFILES[flavour])[-1]
+    assert last.name == "runtime"
+    from_builder = [i.flags_and_words() for i in last.all("COPY") if "--from" in i.args]
+    assert from_builder == [({"from": "builder"}, ["/opt/venv", "/opt/venv"])]
+
+
+def test_builder_runs_the_install_script_for_its_flavour(flavour: str) -> None:
+    builder = next(s for s in parse_dockerfile(DOCKERFILES[flavour]) if s.name == "builder")
+    runs = [i.args for i in builder.all("RUN")]
+    # deps-only first (cached layer), then the project; both through the one script CI runs
+    assert runs[0].endswith(f"docker/install.sh {flavour} /opt/venv --deps-only")
+    assert runs[-1].endswith(f"docker/install.sh {flavour} /opt/venv")
+    assert all("pip install" not in r for r in runs), "installs go through docker/install.sh only"
+    copied = {src for sources, _ in copy_sources(builder) for src in sources}
+    assert f"docker/requirements-{flavour}.txt" in copied
+
+
+def test_every_copy_source_exists_and_is_in_the_build_context(flavour: str) -> None:
+    patterns = dockerignore_patterns()
+    for stage in parse_dockerfile(DOCKERFILES[flavour]):
+        for sources, _ in copy_sources(stage):
+            for src in sources:
+                assert (ROOT / src).exists(), f"{DOCKERFILES[flavour].name} copies missing {src}"
+                assert dockerignore_keeps(src.rstrip("/"), patterns), f".dockerignore drops {src}"
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    patterns = dockerignore_patterns()
+    for heavy in ("runs/x", ".venv/bin/python", ".git/HEAD", "service/__pycache__/a.pyc", "weights/x.pt"):
+        assert not dockerignore_keeps(heavy, patterns), heavy
+
+
+def test_runtime_runs_as_non_root_with_exec_form_entrypoint(flavour: str) -> None:
+    runtime = parse_dockerfile(DOCKERFILES[flavour])[-1]
+    (user,) = runtime.all("USER")
+    uid, _, gid = user.args.partition(":")
+    # numeric, so Kubernetes' runAsNonRoot can verify it
+    assert uid.isdigit() and int(uid) > 0 and (not gid or gid.isdigit())
+    (entrypoint,) = runtime.all("ENTRYPOINT")
+    argv = entrypoint.exec_form()
+    assert argv is not None, "ENTRYPOINT must be exec form so SIGTERM reaches the server"
+    assert argv[-1] == "pspnet-serve"
+    (cmd,) = runtime.all("CMD")
+    assert cmd.exec_form() == []
+    (health,) = runtime.all("HEALTHCHECK")
+    assert health.exec_form() == ["python", "/app/healthcheck.py"]
+    (expose,) = runtime.all("EXPOSE")
+    assert expose.args == runtime.env()["PSPNET_PORT"] == "8000"
+
+
+def test_runtime_settings_are_real_settings_and_name_the_baked_model(flavour: str) -> None:
+    runtime = parse_dockerfile(DOCKERFILES[flavour])[-1]
+    env = runtime.env()
+    pspnet_vars = {k for k in env if k.startswith("PSPNET_")}
+    assert pspnet_vars <= SETTING_VARS, pspnet_vars - SETTING_VARS
+    baked = {dest for _, dest in copy_sources(runtime) if dest.endswith(".onnx")}
+    assert env["PSPNET_MODEL"] in baked
+
+
+def test_gpu_image_is_cuda_runtime_with_cudnn() -> None:
+    base = parse_dockerfile(DOCKERFILES["gpu"])[0].base
+    text = DOCKERFILES["gpu"].read_text()
+    assert base == "${CUDA_IMAGE}"
+    default = text.split("ARG CUDA_IMAGE=", 1)[1].split()[0]
+    assert default.startswith("nvidia/cuda:13.") and "-cudnn-runtime-" in default
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "gpu"])
+def test_lock_files_are_current_and_hold_one_runtime_flavour(flavour: str) -> None:
+    lock = load_module("docker/lock_requirements.py")
+    path = lock.lock_path(flavour)
+    # pyproject.toml changed since the lock was generated: re-run docker/lock_requirements.py
+    assert lock.read_digest(path) == lock.inputs_digest(lock.inputs(flavour))
+    pins = lock.read_pins(path)
+    flavours = ("onnxruntime", "onnxruntime-gpu")
+    wanted, unwanted = flavours if flavour == "cpu" else flavours[::-1]
+    assert wanted in pins and unwanted not in pins
+    assert "torch" not in pins
+    assert all(v and v[0].isdigit() for v in pins.values()), "every line is an exact pin"
