@@ -247,7 +247,8 @@ def create_app(settings: Settings) -> FastAPI:
             return _problem(NotReady("model is loading or warming up", retry_after=1), request, **body)
         return JSONResponse(body)
 
-    @app.get("/metrics", tags=["health"])
+    @app.get("/metrics", tags=["health"], response_class=Response,
+             responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}})
     async def prometheus_metrics() -> Response:
         if state.batcher is not None:
             metrics.queue_tiles.set(state.batcher.queue_depth)
