@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from service.artifact import ArtifactMeta
+from service.errors import BadRequest
 from service.params import InferenceParams
 from service.tiling import TilePlan, label_dtype, plan_tiles, stitch, stitch_labels
 
@@ -93,7 +94,7 @@ class Segmenter:
     async def labels(self, image: np.ndarray, params: InferenceParams, *, deadline: float,
                      timings: Timings) -> tuple[np.ndarray, int]:
         """Label map (H, W) for ``image`` and the number of tiles it took."""
-        plan = await self._cpu(timings, "plan", make_plan, self.meta, image, params)
+        plan = await self._cpu(timings, "plan", _plan_request, self.meta, image, params)
         assert isinstance(plan, TilePlan)
         t0 = time.perf_counter()
         try:
@@ -103,3 +104,11 @@ class Segmenter:
         labels = await self._cpu(timings, "stitch", stitch_labels, plan, logits)
         assert isinstance(labels, np.ndarray)
         return labels, len(plan.tiles)
+
+
+def _plan_request(meta: ArtifactMeta, image: np.ndarray, params: InferenceParams) -> TilePlan:
+    """make_plan for a client's image: geometry it cannot be planned for is the client's 400."""
+    try:
+        return make_plan(meta, image, params)
+    except ValueError as e:  # e.g. a 1 x 40000 image at scale 0.5 shrinks to nothing
+        raise BadRequest(f"cannot segment a {image.shape[1]}x{image.shape[0]} image this way: {e}") from None

@@ -261,3 +261,9 @@ async def test_sixteen_bit_labels_beyond_256_classes(tmp_path: Path) -> None:
     labels = np.asarray(img)
     assert labels.max() < 300
     assert {c["id"] for c in json.loads(js.content)["classes"]} == set(np.unique(labels).tolist())
+
+
+async def test_image_too_thin_for_its_scale_is_400(model: Path) -> None:
+    async with serving(model) as c:
+        r = await c.post("/v1/segment?mode=slide&scales=0.5", **_raw(png_bytes(1, 400)))
+    assert r.status_code == 400 and "1" in r.json()["detail"]
