@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
 
-from service.artifact import MODES, ArtifactMeta
+from service.artifact import MODES, ArtifactMeta, Mode
 from service.batcher import TileBatcher
 from service.codecs import (
     class_summary,
@@ -48,7 +48,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.middleware import ObservabilityMiddleware
-from service.params import OUTPUTS, InferenceParams, OverlayFormat, resolve
+from service.params import OUTPUTS, InferenceParams, Output, OverlayFormat, resolve
 from service.pipeline import Segmenter, Timings
 from service.settings import Settings
 
@@ -254,7 +254,9 @@ def create_app(settings: Settings) -> FastAPI:
             metrics.queue_tiles.set(state.batcher.queue_depth)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models", tags=["inference"], dependencies=[Depends(_auth)])
+    @app.get("/v1/models", tags=["inference"], dependencies=[Depends(_auth)], responses={
+        s: {"description": d, "content": {PROBLEM_MEDIA_TYPE: {}}}
+        for s, d in [(401, "missing or wrong bearer token"), (503, "not ready")]})
     async def models() -> dict[str, Any]:
         """The served model: classes with colours, tile, protocol defaults, provider."""
         if state.meta is None or state.engine is None:
@@ -291,14 +293,16 @@ def create_app(settings: Settings) -> FastAPI:
         },
     }
 
+    # 422 named here so that FastAPI does not document its validation-error body there (ours are 400s)
     @app.post("/v1/segment", tags=["inference"], dependencies=[Depends(_auth)],
-              openapi_extra=segment_body, response_class=Response)
+              openapi_extra=segment_body, response_class=Response,
+              responses={422: {"description": "undecodable image"}})
     async def segment(
         request: Request,
-        mode: Annotated[str | None, Query(description="whole | slide | multiscale")] = None,
+        mode: Annotated[Mode | None, Query(description="whole | slide | multiscale")] = None,
         flip: Annotated[bool | None, Query(description="also run mirrored tiles and average")] = None,
         scales: Annotated[str | None, Query(description="comma-separated, e.g. 0.75,1.0,1.25")] = None,
-        output: Annotated[str, Query(description="color | label | overlay | json")] = "color",
+        output: Annotated[Output, Query(description="color | label | overlay | json")] = "color",
         format: Annotated[OverlayFormat, Query(description="overlay image format")] = "jpeg",
         include_mask: Annotated[bool, Query(description="json output: add the label PNG, base64")] = False,
     ) -> Response:

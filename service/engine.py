@@ -54,11 +54,21 @@ def cuda_options(device_id: int) -> dict[str, str]:
     }
 
 
-def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
+def session_options(intra_op_threads: int, inter_op_threads: int, *,
+                    spin: bool = False) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if intra_op_threads > 0:  # 0 keeps ORT's default: one thread per physical core
         so.intra_op_num_threads = intra_op_threads
+    # ORT's intra-op threads busy-wait for work by default. In a server they share the
+    # cores with decode, stitch, encode and HTTP, and a thread spinning between (or after)
+    # runs takes the CPU those need; a preempted peer makes it spin longer still. Measured
+    # on the 2-core benchmark machine, default CamVid model, mode=whole (BENCHMARKS.md):
+    # without spinning the server used 240-264 ms of CPU per request instead of 248-335,
+    # and p99 at concurrency 1 was 167-204 ms instead of 240-280.
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if inter_op_threads > 0:
         so.inter_op_num_threads = inter_op_threads
     # Independent branches (the four pyramid-pooling bins) can only run concurrently in
@@ -72,7 +82,8 @@ class Engine:
     """One ONNX Runtime session for one artifact; :meth:`run` is serialised by a lock."""
 
     def __init__(self, path: Path, *, provider: ProviderChoice = "auto", intra_op_threads: int = 0,
-                 inter_op_threads: int = 0, max_batch: int = 8, device_id: int = 0) -> None:
+                 inter_op_threads: int = 0, max_batch: int = 8, device_id: int = 0,
+                 spin: bool = False) -> None:
         if provider not in ("auto", "cuda", "cpu"):
             raise ValueError(f"provider must be auto, cuda or cpu, not {provider!r}")
         if max_batch < 1:
@@ -86,8 +97,8 @@ class Engine:
         self.ready = False
         self._lock = threading.Lock()
         self._cuda_attempted = False
-        self._session = self._create_session(provider, session_options(intra_op_threads, inter_op_threads),
-                                             device_id)
+        so = session_options(intra_op_threads, inter_op_threads, spin=spin)
+        self._session = self._create_session(provider, so, device_id)
         # The truth, whatever was asked: ORT may have dropped a provider it could not start.
         self.provider: str = str(self._session.get_providers()[0])
         if self.provider != CUDA and self._cuda_attempted and not self.fallback_reason:

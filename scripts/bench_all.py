@@ -1,0 +1,376 @@
+"""Run every benchmark of issue #6 in one go and record the results.
+
+    python scripts/bench_all.py --image street_360x480.png --out benchmarks
+    python scripts/bench_all.py --image ... --out /tmp/b --quick     # a 2-minute smoke run
+
+In order, on the same ONNX model and image, one benchmark at a time:
+
+1. the machine (lscpu, versions, load average);
+2. baseline 1, the limit: raw ONNX Runtime tiles/s, batch 1/2/4/8 (scripts/bench_ort_limit.py);
+3. the service (``pspnet-serve`` on loopback): closed loop at concurrency 1, 2, 4, 8, 16
+   (``pspnet-serve bench``, mode=whole, output=color), a multipart run at 8 (the naive
+   server's request shape), a py-spy profile under load, then the RSS run
+   (``--rss-seconds`` of load at concurrency 8 with the server's RSS sampled from /proc);
+4. baseline 2, the naive server (scripts/bench_naive_server.py) at the same concurrencies;
+5. optionally (``--tune``) the service at concurrency 8 under other settings;
+6. baseline 3, the official protocol in PyTorch eager vs the engine path on a 1024x2048
+   image, slide and multiscale (scripts/bench_protocol.py);
+7. ``results.json``, ``results.md`` and ``plot.png`` (scripts/bench_report.py).
+
+Every server is started here and stopped with SIGTERM by its pid. The load
+generator shares the two cores with the server: that is part of what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from scripts.bench_report import render  # noqa: E402
+
+PY = sys.executable
+QUIET_WAIT = 300.0  # seconds to wait for other people's jobs to calm down before each measurement
+CONCURRENCIES = (1, 2, 4, 8, 16)
+#: settings tried with --tune, each against the defaults, at concurrency 8
+TUNING: tuple[dict[str, str], ...] = (
+    {}, {"PSPNET_MAX_BATCH": "1"}, {"PSPNET_MAX_BATCH": "2"}, {"PSPNET_MAX_BATCH": "8"},
+    {"PSPNET_MAX_WAIT_MS": "0"}, {"PSPNET_MAX_WAIT_MS": "20"}, {"PSPNET_CPU_WORKERS": "1"},
+    {"PSPNET_CPU_WORKERS": "4"}, {"PSPNET_INTRA_OP_THREADS": "1"},
+)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def machine() -> dict[str, Any]:
+    import cv2
+    import fastapi
+    import numpy
+    import onnxruntime
+    import uvicorn
+
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    keep = ("Model name", "CPU(s)", "Thread(s) per core", "Core(s) per socket", "L2 cache", "L3 cache",
+            "Hypervisor vendor")
+    cpu = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lscpu.splitlines())
+           if k.strip() in keep}
+    mem = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")), "0")
+    try:
+        torch_version = subprocess.run([PY, "-c", "import torch; print(torch.__version__)"],
+                                       capture_output=True, text=True, check=True).stdout.strip()
+    except subprocess.CalledProcessError:
+        torch_version = None
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True, check=False).stdout.strip()
+    return {"cpu": cpu, "mem_gib": round(int(mem) / 2**20, 1), "kernel": platform.release(),
+            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+            "torch": torch_version, "numpy": numpy.__version__, "opencv": cv2.__version__,
+            "fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__, "git_commit": commit,
+            "loadavg_at_start": loadavg()}
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 180) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {seconds} s")
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], ready_path: str, port: int, env: dict[str, str] | None = None,
+           log_path: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}{ready_path}", proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if log_path:
+            out.close()  # type: ignore[union-attr]
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of every thread of ``pid``, by native thread id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Native thread id -> Python thread name, from ``py-spy dump`` (empty without py-spy)."""
+    spy = Path(PY).with_name("py-spy")
+    if not spy.exists():
+        return {}
+    text = subprocess.run([str(spy), "dump", "--pid", str(pid), "--nonblocking"], capture_output=True,
+                          text=True, check=False).stdout
+    names: dict[int, str] = {}
+    for line in text.splitlines():
+        # Thread 27176 (idle): "MainThread"
+        if line.startswith("Thread ") and '"' in line:
+            tid = line.split()[1]
+            if tid.isdigit():
+                names[int(tid)] = line.split('"')[1]
+    return names
+
+
+THREAD_GROUPS = (("pspnet-cpu", "CPU workers: decode, plan, stitch, encode"),
+                 ("pspnet-batch", "batch runner: ORT calling thread"),
+                 ("MainThread", "event loop: HTTP, asyncio, batching"))
+
+
+def cpu_by_thread(before: dict[int, float], after: dict[int, float], names: dict[int, str],
+                  requests: int) -> dict[str, float]:
+    """CPU milliseconds per answered request, by thread group (threads Python does not know: ORT's pool)."""
+    groups: dict[str, float] = {}
+    for tid, sec in after.items():
+        name = names.get(tid)
+        group = ("native threads (ORT / torch intra-op pool)" if name is None else
+                 next((g for prefix, g in THREAD_GROUPS if name.startswith(prefix)), "other Python threads"))
+        groups[group] = groups.get(group, 0.0) + sec - before.get(tid, 0.0)
+    return {g: round(v / requests * 1000, 2) for g, v in sorted(groups.items())} if requests else {}
+
+
+def cpu_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    tick = os.sysconf("SC_CLK_TCK")
+    return (total - idle) / tick, total / tick
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def wait_quiet(max_wait: float, busy_max: float = 0.15, window: float = 3.0) -> float:
+    """Wait (at most ``max_wait`` s) until the machine is at most ``busy_max`` busy over ``window`` s,
+    with none of our load running; returns the busy fraction last seen. Others share this machine."""
+    end = time.monotonic() + max_wait
+    while True:
+        b0, t0 = cpu_busy_seconds()
+        time.sleep(window)
+        b1, t1 = cpu_busy_seconds()
+        busy = (b1 - b0) / max(t1 - t0, 1e-9)
+        if busy <= busy_max or time.monotonic() >= end:
+            if busy > busy_max:
+                log(f"machine still {busy:.0%} busy after waiting {max_wait:g} s: measuring anyway")
+            return round(busy, 3)
+
+
+def bench(port: int, image: Path, out: Path, *extra: str, pid: int | None = None) -> dict[str, Any]:
+    """One ``pspnet-serve bench`` run; its JSON report, with the load average before it and, given the
+    server's pid, its CPU per request by thread group."""
+    idle_before = wait_quiet(QUIET_WAIT)
+    before = loadavg()
+    cpu0 = thread_cpu(pid) if pid else None
+    busy0, child0 = cpu_busy_seconds(), children_cpu()
+    cmd = [PY, "-m", "service.cli", "bench", "--url", f"http://127.0.0.1:{port}", "--image", str(image),
+           "--json", str(out), *extra, *(["--server-pid", str(pid)] if pid and "--server-pid" not in extra
+                                         else [])]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    busy1, child1 = cpu_busy_seconds(), children_cpu()
+    report: dict[str, Any] = json.loads(out.read_text())
+    report["loadavg_before"] = before
+    report["machine_busy_before"] = idle_before
+    cpu1 = thread_cpu(pid) if pid else None
+    if cpu0 is not None and cpu1 is not None:
+        # what else ran meanwhile: all busy CPU minus our server and our load generator, in cores
+        ours = sum(cpu1.values()) - sum(cpu0.values()) + (child1 - child0)
+        wall = (busy1[1] - busy0[1]) / (os.cpu_count() or 1)
+        report["foreign_cores"] = round(max(busy1[0] - busy0[0] - ours, 0.0) / wall, 3)
+    if pid and cpu0 is not None:
+        # the thread counters also saw the warm-up requests
+        report["server_cpu_ms_per_ok_by_thread"] = cpu_by_thread(cpu0, thread_cpu(pid), thread_names(pid),
+                                                                 report["ok"] + report["load"]["warmup_ok"])
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def run_script(args: list[str]) -> None:
+    log("$ " + " ".join(str(a) for a in args))
+    subprocess.run([PY, *args], check=True, cwd=ROOT)
+
+
+def profile(pid: int, seconds: float, out: Path) -> bool:
+    """py-spy samples of the server (all threads, raw collapsed stacks); False without py-spy."""
+    spy = Path(PY).with_name("py-spy")
+    if not spy.exists():
+        log("py-spy not installed: no profile (pip install py-spy)")
+        return False
+    cmd = [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100",
+           "--format", "raw", "--threads", "--nonblocking", "--output", str(out)]
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=ROOT / "weights" / "pspnet_camvid.onnx")
+    p.add_argument("--checkpoint", type=Path, default=ROOT / "weights" / "pspnet_camvid.pt")
+    p.add_argument("--image", type=Path, required=True, help="the request image (CamVid 360x480)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds per load point")
+    p.add_argument("--ort-seconds", type=float, default=20.0, help="seconds per ORT batch size")
+    p.add_argument("--rss-seconds", type=float, default=300.0)
+    p.add_argument("--profile-seconds", type=float, default=30.0)
+    p.add_argument("--protocol-repeats", type=int, default=1)
+    p.add_argument("--tune", action="store_true", help="also try other settings at concurrency 8")
+    p.add_argument("--skip", nargs="*", default=[],
+                   choices=["ort", "service", "rss", "profile", "naive", "protocol"])
+    p.add_argument("--quiet-wait", type=float, default=QUIET_WAIT,
+                   help="seconds to wait for a quiet machine before each measurement")
+    p.add_argument("--quick", action="store_true", help="tiny durations: a smoke run of the driver")
+    p.add_argument("--env", nargs="*", default=[], metavar="PSPNET_X=V", help="service settings")
+    args = p.parse_args(argv)
+    global QUIET_WAIT
+    QUIET_WAIT = args.quiet_wait
+    if args.quick:
+        args.duration, args.ort_seconds, args.rss_seconds, args.profile_seconds = 3, 2, 10, 3
+    out: Path = args.out
+    raw = out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    env = dict(kv.split("=", 1) for kv in args.env)
+    results: dict[str, Any] = {"machine": machine(), "model": args.model.name, "image": args.image.name,
+                               "duration_s": args.duration, "service_env": env,
+                               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    log(f"machine: {results['machine']['cpu']}, load {loadavg()}")
+    load = ["--mode", "whole", "--output", "color", "--duration", str(args.duration)]
+
+    if "ort" not in args.skip:
+        results["machine_busy_before_ort"] = wait_quiet(QUIET_WAIT)
+        run_script([str(SCRIPTS / "bench_ort_limit.py"), "--model", str(args.model),
+                    "--image", str(args.image), "--seconds", str(args.ort_seconds),
+                    "--json", str(raw / "ort_limit.json")])
+        results["ort_limit"] = json.loads((raw / "ort_limit.json").read_text())
+
+    port = free_port()
+    serve = [PY, "-m", "service.cli", "--model", str(args.model), "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "warning"]
+    if not {"service", "rss", "profile"} <= set(args.skip):
+        with server(serve, "/readyz", port, env, raw / "service.log") as proc:
+            if "service" not in args.skip:
+                results["service"] = {}
+                for c in CONCURRENCIES:
+                    log(f"service, concurrency {c}")
+                    results["service"][str(c)] = bench(port, args.image, raw / f"service_c{c}.json",
+                                                       "--concurrency", str(c), *load, pid=proc.pid)
+                log("service, concurrency 8, multipart")
+                results["service_multipart_c8"] = bench(port, args.image, raw / "service_c8_multipart.json",
+                                                        "--concurrency", "8", "--multipart", *load,
+                                                        pid=proc.pid)
+            if "profile" not in args.skip:
+                log("service profile under load (py-spy)")
+                spy_out = raw / "profile_c8.txt"
+                bench_proc = subprocess.Popen(
+                    [PY, "-m", "service.cli", "bench", "--url", f"http://127.0.0.1:{port}", "--image",
+                     str(args.image), "--concurrency", "8", "--mode", "whole", "--output", "color",
+                     "--duration", str(args.profile_seconds + 4), "--json", str(raw / "profiled_c8.json")],
+                    cwd=ROOT, stdout=subprocess.DEVNULL)
+                time.sleep(2)
+                if profile(proc.pid, args.profile_seconds, spy_out):
+                    results["profile_file"] = str(spy_out.relative_to(out))
+                bench_proc.wait()
+            if "rss" not in args.skip:
+                log(f"service RSS run, {args.rss_seconds:g} s at concurrency 8")
+                results["rss_run"] = bench(port, args.image, raw / "service_rss.json", "--concurrency", "8",
+                                           "--mode", "whole", "--output", "color", "--duration",
+                                           str(args.rss_seconds), "--server-pid", str(proc.pid),
+                                           "--rss-interval", "2")
+
+    if "ort" not in args.skip and "service" not in args.skip:
+        wait_quiet(QUIET_WAIT)
+        run_script([str(SCRIPTS / "bench_ort_limit.py"), "--model", str(args.model),
+                    "--image", str(args.image), "--seconds", str(args.ort_seconds),
+                    "--json", str(raw / "ort_limit_after.json")])
+        results["ort_limit_after"] = json.loads((raw / "ort_limit_after.json").read_text())
+
+    if "naive" not in args.skip:
+        nport = free_port()
+        naive = [PY, str(SCRIPTS / "bench_naive_server.py"), "--checkpoint", str(args.checkpoint),
+                 "--port", str(nport)]
+        with server(naive, "/healthz", nport, None, raw / "naive.log") as nproc:
+            results["naive"] = {}
+            for c in CONCURRENCIES:
+                log(f"naive server, concurrency {c}")
+                results["naive"][str(c)] = bench(nport, args.image, raw / f"naive_c{c}.json", "--concurrency",
+                                                 str(c), "--path", "/predict", "--multipart",
+                                                 "--duration", str(args.duration), pid=nproc.pid)
+
+    if args.tune:
+        results["tuning"] = []
+        for extra_env in TUNING:
+            tport = free_port()
+            cmd = [*serve[:serve.index("--port") + 1], str(tport), *serve[serve.index("--port") + 2:]]
+            name = ",".join(f"{k.removeprefix('PSPNET_')}={v}" for k, v in extra_env.items()) or "defaults"
+            log(f"tuning: {name}")
+            with server(cmd, "/readyz", tport, {**env, **extra_env}) as tproc:
+                rep = bench(tport, args.image, raw / f"tune_{name.replace('=', '').replace(',', '_')}.json",
+                            "--concurrency", "8", *load, pid=tproc.pid)
+            results["tuning"].append({"settings": extra_env, **{k: rep[k] for k in (
+                "throughput_rps", "latency_ms", "batches", "errors", "loadavg_before", "cpu_ms_per_ok",
+                "foreign_cores")}})
+
+    if "protocol" not in args.skip:
+        results["machine_busy_before_protocol"] = wait_quiet(QUIET_WAIT)
+        run_script([str(SCRIPTS / "bench_protocol.py"), "--model", str(args.model), "--checkpoint",
+                    str(args.checkpoint), "--image", str(args.image), "--size", "1024", "2048",
+                    "--repeats", str(args.protocol_repeats), "--json", str(raw / "protocol.json")])
+        results["protocol"] = json.loads((raw / "protocol.json").read_text())
+
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    results["loadavg_at_end"] = loadavg()
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    render(results, out)
+    log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'plot.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
