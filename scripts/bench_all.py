@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,7 +48,8 @@ import httpx  # noqa: E402
 from scripts.bench_report import render  # noqa: E402
 
 PY = sys.executable
-QUIET_WAIT = 300.0  # seconds to wait for other people's jobs to calm down before each measurement
+#: seconds to wait for other people's jobs to calm down before each measurement (--quiet-wait)
+OPTIONS = {"quiet_wait": 300.0}
 CONCURRENCIES = (1, 2, 4, 8, 16)
 #: settings tried with --tune, each against the defaults, at concurrency 8
 TUNING: tuple[dict[str, str], ...] = (
@@ -208,7 +210,7 @@ def wait_quiet(max_wait: float, busy_max: float = 0.15, window: float = 3.0) -> 
 def bench(port: int, image: Path, out: Path, *extra: str, pid: int | None = None) -> dict[str, Any]:
     """One ``pspnet-serve bench`` run; its JSON report, with the load average before it and, given the
     server's pid, its CPU per request by thread group."""
-    idle_before = wait_quiet(QUIET_WAIT)
+    idle_before = wait_quiet(OPTIONS["quiet_wait"])
     before = loadavg()
     cpu0 = thread_cpu(pid) if pid else None
     busy0, child0 = cpu_busy_seconds(), children_cpu()
@@ -264,18 +266,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune", action="store_true", help="also try other settings at concurrency 8")
     p.add_argument("--skip", nargs="*", default=[],
                    choices=["ort", "service", "rss", "profile", "naive", "protocol"])
-    p.add_argument("--quiet-wait", type=float, default=QUIET_WAIT,
+    p.add_argument("--quiet-wait", type=float, default=OPTIONS["quiet_wait"],
                    help="seconds to wait for a quiet machine before each measurement")
     p.add_argument("--quick", action="store_true", help="tiny durations: a smoke run of the driver")
     p.add_argument("--env", nargs="*", default=[], metavar="PSPNET_X=V", help="service settings")
     args = p.parse_args(argv)
-    global QUIET_WAIT
-    QUIET_WAIT = args.quiet_wait
+    OPTIONS["quiet_wait"] = args.quiet_wait
     if args.quick:
         args.duration, args.ort_seconds, args.rss_seconds, args.profile_seconds = 3, 2, 10, 3
     out: Path = args.out
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
+    logs = Path(tempfile.mkdtemp(prefix="pspnet-bench-logs-"))  # server logs: not results, not committed
+    log(f"server logs in {logs}")
     env = dict(kv.split("=", 1) for kv in args.env)
     results: dict[str, Any] = {"machine": machine(), "model": args.model.name, "image": args.image.name,
                                "duration_s": args.duration, "service_env": env,
@@ -284,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     load = ["--mode", "whole", "--output", "color", "--duration", str(args.duration)]
 
     if "ort" not in args.skip:
-        results["machine_busy_before_ort"] = wait_quiet(QUIET_WAIT)
+        results["machine_busy_before_ort"] = wait_quiet(OPTIONS["quiet_wait"])
         run_script([str(SCRIPTS / "bench_ort_limit.py"), "--model", str(args.model),
                     "--image", str(args.image), "--seconds", str(args.ort_seconds),
                     "--json", str(raw / "ort_limit.json")])
@@ -294,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = [PY, "-m", "service.cli", "--model", str(args.model), "--host", "127.0.0.1", "--port", str(port),
              "--log-level", "warning"]
     if not {"service", "rss", "profile"} <= set(args.skip):
-        with server(serve, "/readyz", port, env, raw / "service.log") as proc:
+        with server(serve, "/readyz", port, env, logs / "service.log") as proc:
             if "service" not in args.skip:
                 results["service"] = {}
                 for c in CONCURRENCIES:
@@ -325,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "--rss-interval", "2")
 
     if "ort" not in args.skip and "service" not in args.skip:
-        wait_quiet(QUIET_WAIT)
+        wait_quiet(OPTIONS["quiet_wait"])
         run_script([str(SCRIPTS / "bench_ort_limit.py"), "--model", str(args.model),
                     "--image", str(args.image), "--seconds", str(args.ort_seconds),
                     "--json", str(raw / "ort_limit_after.json")])
@@ -335,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         nport = free_port()
         naive = [PY, str(SCRIPTS / "bench_naive_server.py"), "--checkpoint", str(args.checkpoint),
                  "--port", str(nport)]
-        with server(naive, "/healthz", nport, None, raw / "naive.log") as nproc:
+        with server(naive, "/healthz", nport, None, logs / "naive.log") as nproc:
             results["naive"] = {}
             for c in CONCURRENCIES:
                 log(f"naive server, concurrency {c}")
@@ -358,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                 "foreign_cores")}})
 
     if "protocol" not in args.skip:
-        results["machine_busy_before_protocol"] = wait_quiet(QUIET_WAIT)
+        results["machine_busy_before_protocol"] = wait_quiet(OPTIONS["quiet_wait"])
         run_script([str(SCRIPTS / "bench_protocol.py"), "--model", str(args.model), "--checkpoint",
                     str(args.checkpoint), "--image", str(args.image), "--size", "1024", "2048",
                     "--repeats", str(args.protocol_repeats), "--json", str(raw / "protocol.json")])

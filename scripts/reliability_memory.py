@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reliability_overload import DEFAULT_MODEL, free_port, start_server, wait_ready  # noqa: E402
+from reliability_overload import DEFAULT_MODEL, free_port, start_server, wait_ready
 
 MB = 2**20
 

@@ -20,6 +20,7 @@ Deterministic (``derandomize=True``, no example database) and bounded.
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import time
@@ -44,7 +45,10 @@ CPU_BOUND = 0.5
 CLIENT_ERRORS = frozenset({400, 413, 415, 422})
 ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # "<_io.BytesIO object at 0x7f...>"
 
-FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=250,
+#: ``PSPNET_FUZZ_SCALE=100 pytest tests/service/test_decode_fuzz.py`` fuzzes 100 times longer
+#: (still deterministic); CI runs the default.
+SCALE = int(os.environ.get("PSPNET_FUZZ_SCALE", "1"))
+FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=500 * SCALE,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 _IM = Image.fromarray(hi.pattern(24, 32))
@@ -172,7 +176,7 @@ def test_a_valid_signature_then_garbage(signature: bytes, tail: bytes) -> None:
 # Pillow's TIFF reader may warn about corrupt tags in a mutated file turned TIFF-like; that is
 # the process's business (only bomb warnings are turned into errors above).
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@settings(FUZZ, max_examples=400)
+@settings(FUZZ, max_examples=1500 * SCALE)
 @given(data=mutated())
 def test_mutated_real_files(data: bytes) -> None:
     check_decode(data)
