@@ -25,7 +25,10 @@ Checks (printed as PASS/FAIL, exit status 1 if any fails):
 - nothing but 200, 503 (and 504, counted) came back, no connection errors;
 - every accepted request (200) finished within the server's deadline;
 - RSS stayed bounded: peak under ``--rss-limit-mb``;
-- recovery: no 503 later than ``--recovery-bound`` s after the load dropped.
+- recovery: no 503 later than ``--recovery-bound`` s after the load dropped, and
+  the per-second median latency back within 2x the baseline's (+50 ms) before
+  the recovery phase ends (it fails when the queue bound is many seconds of
+  work: see RELIABILITY.md).
 
     python scripts/reliability_overload.py --json overload.json
     python scripts/reliability_overload.py --overload-seconds 10 --capacity-seconds 5  # a smoke run
@@ -366,6 +369,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         f"peak RSS under {args.rss_limit_mb} MB": report["rss_mb"]["peak"] < args.rss_limit_mb,
         f"no 503 later than {args.recovery_bound} s after the drop":
             not late_503 or max(late_503) <= args.recovery_bound,
+        # the backlog a full queue leaves behind must drain within the recovery phase
+        f"latency back to 2x baseline within {args.recovery_seconds:g} s": back is not None,
     }
     return report
 

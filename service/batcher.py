@@ -11,9 +11,10 @@ Policy:
   after its oldest tile was queued, whichever comes first. Tiles that already
   waited behind a running batch leave at once.
 - Admission is all or nothing, decided at once: more tiles than the queue can
-  ever hold -> :class:`PayloadTooLarge`; not enough room now ->
-  :class:`Overloaded` with a Retry-After estimated from the queue depth and the
-  recent time per tile; after :meth:`TileBatcher.stop` began ->
+  ever hold -> :class:`PayloadTooLarge`; not enough room now, or work queued
+  ahead that by the recent time per tile would outlast the request's deadline
+  -> :class:`Overloaded` with a Retry-After estimated from the queue depth and
+  that time per tile; after :meth:`TileBatcher.stop` began ->
   :class:`NotReady` (503, the process is going away).
 - A request whose deadline passes gets :class:`DeadlineExceeded`; one whose
   awaiting task is cancelled (the client went away) re-raises the cancellation.
@@ -169,6 +170,15 @@ class TileBatcher:
             self._reject("overloaded")
             raise Overloaded(f"{self._queued} tiles queued, no room for {n} more",
                              retry_after=self.retry_after(n))
+        eta = self._eta(n)
+        if self._queued and eta is not None and loop.time() + eta > deadline:
+            # Room in the queue, but not in time: by the measured speed the work ahead would make
+            # this request miss its deadline, so refuse it now (a 503 to retry) instead of keeping
+            # it until a 504. Without work ahead it may try its luck.
+            self._reject("overloaded")
+            left = deadline - loop.time()
+            raise Overloaded(f"about {eta:.1f} s of work is queued, more than the {left:.1f} s left to "
+                             f"this request's deadline", retry_after=self.retry_after(n))
         r = _Request(tiles, loop.create_future(), loop.time(), deadline)
         self._queue.append(r)
         self._queued += n
@@ -186,10 +196,16 @@ class TileBatcher:
 
     def retry_after(self, extra_tiles: int = 0) -> int:
         """Seconds until the queue (plus ``extra_tiles``) would likely have run, 1..60."""
-        if self._sec_per_tile is None:
+        eta = self._eta(extra_tiles)
+        if eta is None:
             return MIN_RETRY_AFTER
-        eta = (self._queued + extra_tiles) * self._sec_per_tile
         return max(MIN_RETRY_AFTER, min(MAX_RETRY_AFTER, math.ceil(eta)))
+
+    def _eta(self, extra_tiles: int) -> float | None:
+        """Seconds to run the queue plus ``extra_tiles`` at the measured speed; None before any batch."""
+        if self._sec_per_tile is None:
+            return None
+        return (self._queued + extra_tiles) * self._sec_per_tile
 
     # -- admission and bookkeeping ---------------------------------------------------------------
 

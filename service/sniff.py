@@ -57,6 +57,8 @@ def declared_size(data: bytes, fmt: str) -> tuple[int, int] | None:
         return reader(data)
     except (struct.error, IndexError):  # the header stops short
         return None
+    except OverflowError:  # an offset beyond any buffer (a BigTIFF IFD at 2**64 - 1)
+        return None
 
 
 def _u32le(data: bytes, pos: int) -> int:

@@ -1,7 +1,9 @@
 """Faults at the app and process level (issue #7): a failing batch, a vanishing client, SIGTERM under load.
 
 test_batcher.py proves the batcher's rules with a fake runner; these prove
-what a client sees with the real app, and the real ``pspnet-serve`` process.
+what a client sees with the real app, and the real ``pspnet-serve`` process,
+plus the one admission rule the overload run found missing (a request that
+would outlast its deadline behind the queued work is refused at once).
 (A missing or corrupt model stopping start-up is in test_e2e.py.)
 """
 
@@ -25,7 +27,9 @@ import numpy as np
 import pytest
 
 from service.app import create_app
+from service.batcher import TileBatcher
 from service.engine import Engine
+from service.errors import Overloaded
 from service.settings import Settings
 from tests.service.api_client import metric_samples, png_bytes, serving
 from tests.service.test_e2e import _free_port
@@ -122,6 +126,50 @@ async def test_inference_error_fails_only_its_batch(model: Path, gated_engine: d
     assert batcher.stats.failed_batches == 1 and batcher.stats.batches == 2
     requests = metric_samples(text, "pspnet_requests_total")
     assert requests['{method="POST",route="/v1/segment",status="500"}'] == 2
+
+
+# -- overload that would outlast a deadline -------------------------------------------------------------
+
+def test_a_request_that_would_miss_its_deadline_is_refused_at_once() -> None:
+    """Room in the queue but not in time: a 503 now, not a 504 after waiting out the deadline.
+
+    Found by scripts/reliability_overload.py: with the default 256-tile queue on a 2-core CPU the
+    batcher's own estimate of the queue was >= 60 s (Retry-After capped at 60) while it still
+    admitted requests with a 60 s deadline; 100 of them ended as 504s after a minute in the queue.
+    """
+    async def body() -> None:
+        gate = threading.Event()
+        calls: list[int] = []
+
+        def runner(batch: np.ndarray) -> np.ndarray:
+            calls.append(len(batch))
+            if len(calls) > 1:
+                gate.wait(5)
+            time.sleep(0.05)  # the measured speed: about 0.05 s a tile
+            return np.zeros((len(batch), 2, 4, 4), np.float32)
+
+        def one(n: int = 1) -> np.ndarray:
+            return np.ones((n, 3, 4, 4), np.float32)
+
+        loop = asyncio.get_running_loop()
+        b = TileBatcher(runner, max_batch=1, max_wait_ms=0, max_queue_tiles=100)
+        await b.start()
+        await b.submit(one(), deadline=loop.time() + 30)  # teaches the batcher its speed
+        holder = asyncio.ensure_future(b.submit(one(), deadline=loop.time() + 30))
+        await _until(lambda: len(calls) == 2)  # the runner is held
+        ahead = asyncio.ensure_future(b.submit(one(20), deadline=loop.time() + 30))  # ~1 s of work
+        await asyncio.sleep(0)
+        t0 = time.perf_counter()
+        with pytest.raises(Overloaded) as refused:  # 0.5 s left, about 1 s of work ahead
+            await b.submit(one(), deadline=loop.time() + 0.5)
+        assert time.perf_counter() - t0 < 0.1 and refused.value.retry_after >= 1
+        patient = asyncio.ensure_future(b.submit(one(), deadline=loop.time() + 30))  # time enough
+        gate.set()
+        await asyncio.gather(holder, ahead, patient)
+        assert b.stats.rejected == {"overloaded": 1} and not b.stats.dropped
+        await b.stop()
+
+    asyncio.run(body())
 
 
 # -- a client that goes away -----------------------------------------------------------------------
