@@ -1,4 +1,4 @@
-"""``pspnet-model``: train, convert and export PSPNet checkpoints."""
+"""``pspnet-model``: train, convert and export PSPNet checkpoints; quantise artifacts to int8."""
 
 from __future__ import annotations
 
@@ -161,17 +161,57 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_quantize(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("quantize", help="int8 version of an ONNX artifact, calibrated on real images (CPU)")
+    p.add_argument("--model", type=Path, required=True, help="the float32 .onnx artifact")
+    p.add_argument("--calibration", type=Path, required=True,
+                   help="folder of images like the ones served (e.g. the training images)")
+    p.add_argument("--images", type=int, default=None,
+                   help="calibration images, spread evenly over the folder (default: 32)")
+    p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from model.quantize import DEFAULT_IMAGES, QuantizeError, pick_images, quantize_artifact
+    from service.artifact import ArtifactError
+
+    count = DEFAULT_IMAGES if args.images is None else args.images
+    if count < 1:
+        print(f"error: --images {count}: need at least one calibration image", file=sys.stderr)
+        return 2
+    if not args.calibration.is_dir():
+        print(f"error: --calibration {args.calibration} is not a folder", file=sys.stderr)
+        return 2
+    try:
+        images = pick_images(args.calibration, count)
+        with tqdm(total=len(images), desc="calibrating", unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
+            report = quantize_artifact(args.model, args.output, images, tick=lambda: bar.update(1))
+    except (QuantizeError, ArtifactError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"int8 labels agree with float32 on {report.label_agreement:.2%} of the calibration pixels "
+          f"({report.images} images)")
+    print(f"wrote {report.path} ({report.bytes / 1e6:.1f} MB, sha256 {report.sha256[:12]}..., "
+          f"{report.seconds:.1f} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="pspnet-model", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_convert(sub)
+    _add_quantize(sub)
     args = parser.parse_args(argv)
     if args.command == "train":
         return _run_train(args)
     if args.command == "convert":
         return _run_convert(args)
+    if args.command == "quantize":
+        return _run_quantize(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
