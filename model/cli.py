@@ -186,7 +186,8 @@ def _run_quantize(args: argparse.Namespace) -> int:
         return 2
     try:
         images = pick_images(args.calibration, count)
-        with tqdm(total=len(images), desc="calibrating", unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
+        with tqdm(total=len(images), desc="calibrating", unit="img", file=sys.stderr,
+                  dynamic_ncols=True) as bar:
             report = quantize_artifact(args.model, args.output, images, tick=lambda: bar.update(1))
     except (QuantizeError, ArtifactError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -106,7 +106,8 @@ def _labels(model: Path | bytes, tiles: Sequence[np.ndarray]) -> np.ndarray:
 def quantized_meta(meta: ArtifactMeta, images: Sequence[Path], float_sha256: str) -> ArtifactMeta:
     """``meta`` of the float artifact, marked as quantised from it."""
     source = {**meta.source, "quantization": {
-        "method": "onnxruntime static QDQ", "weights": "int8, per channel", "activations": "uint8, per tensor",
+        "method": "onnxruntime static QDQ", "weights": "int8, per channel",
+        "activations": "uint8, per tensor",
         "calibration": "MinMax", "calibration_images": len(images), "float_artifact_sha256": float_sha256}}
     raw = {**meta.to_json(), "source": source, "metrics": {}}  # float metrics do not carry over
     raw["name"] = f"{meta.name}-int8"

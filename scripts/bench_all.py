@@ -12,6 +12,8 @@ In order, on the same ONNX model and image, one benchmark at a time:
    server's request shape), a py-spy profile under load, then the RSS run
    (``--rss-seconds`` of load at concurrency 8 with the server's RSS sampled from /proc);
 4. baseline 2, the naive server (scripts/bench_naive_server.py) at the same concurrencies;
+4b. the int8 artifact (``--int8-model``, made by ``pspnet-model quantize``): its raw ORT limit,
+   the service sweep on it and, with the protocol baseline, the protocol path on it;
 5. optionally (``--tune``) the service at concurrency 8 under other settings;
 6. baseline 3, the official protocol in PyTorch eager vs the engine path on a 1024x2048
    image, slide and multiscale (scripts/bench_protocol.py);
@@ -35,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +53,13 @@ PY = sys.executable
 #: seconds to wait for other people's jobs to calm down before each measurement (--quiet-wait)
 OPTIONS = {"quiet_wait": 300.0}
 CONCURRENCIES = (1, 2, 4, 8, 16)
-#: settings tried with --tune, each against the defaults, at concurrency 8
-TUNING: tuple[dict[str, str], ...] = (
-    {}, {"PSPNET_MAX_BATCH": "1"}, {"PSPNET_MAX_BATCH": "2"}, {"PSPNET_MAX_BATCH": "8"},
-    {"PSPNET_MAX_WAIT_MS": "0"}, {"PSPNET_MAX_WAIT_MS": "20"}, {"PSPNET_CPU_WORKERS": "1"},
-    {"PSPNET_CPU_WORKERS": "4"}, {"PSPNET_INTRA_OP_THREADS": "1"},
+#: --tune grid: (settings, concurrency); each setting alone against the defaults at concurrency 8,
+#: then the largest batches where enough requests are outstanding to fill them
+TUNING: tuple[tuple[dict[str, str], int], ...] = (
+    ({}, 8), ({"PSPNET_MAX_BATCH": "1"}, 8), ({"PSPNET_MAX_BATCH": "2"}, 8), ({"PSPNET_MAX_BATCH": "8"}, 8),
+    ({"PSPNET_MAX_WAIT_MS": "0"}, 8), ({"PSPNET_MAX_WAIT_MS": "20"}, 8), ({"PSPNET_CPU_WORKERS": "1"}, 8),
+    ({"PSPNET_CPU_WORKERS": "4"}, 8), ({"PSPNET_INTRA_OP_THREADS": "1"}, 8),
+    ({}, 16), ({"PSPNET_MAX_BATCH": "8"}, 16), ({"PSPNET_MAX_BATCH": "8", "PSPNET_MAX_WAIT_MS": "20"}, 16),
 )
 
 
@@ -241,6 +245,21 @@ def run_script(args: list[str]) -> None:
     subprocess.run([PY, *args], check=True, cwd=ROOT)
 
 
+def sweep(name: str, run: Callable[[int, Path], dict[str, Any]], raw: Path,
+          repeats: int) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Every concurrency ``repeats`` times, the passes interleaved so that a noisy minute spoils one
+    point of each, not all of one; per concurrency, the run of median throughput, and all runs."""
+    runs: dict[str, list[dict[str, Any]]] = {str(c): [] for c in CONCURRENCIES}
+    for rep in range(repeats):
+        for c in CONCURRENCIES:
+            log(f"{name}, concurrency {c}, pass {rep + 1} of {repeats}")
+            runs[str(c)].append(run(c, raw / f"{name}_c{c}_pass{rep + 1}.json"))
+    median = {c: sorted(rs, key=lambda r: r["throughput_rps"] or 0.0)[(len(rs) - 1) // 2]
+              for c, rs in runs.items()}
+    keep = ("throughput_rps", "latency_ms", "foreign_cores", "cpu_ms_per_ok")
+    return median, {c: [{k: r.get(k) for k in keep} for r in rs] for c, rs in runs.items()}
+
+
 def profile(pid: int, seconds: float, out: Path) -> bool:
     """py-spy samples of the server (all threads, raw collapsed stacks); False without py-spy."""
     spy = Path(PY).with_name("py-spy")
@@ -252,10 +271,31 @@ def profile(pid: int, seconds: float, out: Path) -> bool:
     return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
 
 
+def int8_pass(args: argparse.Namespace, serve: list[str], env: dict[str, str], load: list[str], raw: Path,
+              logs: Path) -> dict[str, Any]:
+    """The int8 artifact: its own raw ORT limit, then the same service sweep as the float32 model."""
+    part: dict[str, Any] = {"model": args.int8_model.name}
+    wait_quiet(OPTIONS["quiet_wait"])
+    run_script([str(SCRIPTS / "bench_ort_limit.py"), "--model", str(args.int8_model),
+                "--image", str(args.image), "--seconds", str(args.ort_seconds),
+                "--json", str(raw / "ort_limit_int8.json")])
+    part["ort_limit"] = json.loads((raw / "ort_limit_int8.json").read_text())
+    port = free_port()
+    cmd = [*serve]
+    cmd[cmd.index("--model") + 1], cmd[cmd.index("--port") + 1] = str(args.int8_model), str(port)
+    with server(cmd, "/readyz", port, env, logs / "int8.log") as proc:
+        part["service"], part["service_runs"] = sweep(
+            "int8_service", lambda c, path: bench(port, args.image, path, "--concurrency", str(c), *load,
+                                                  pid=proc.pid), raw, args.repeats)
+    return part
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=ROOT / "weights" / "pspnet_camvid.onnx")
     p.add_argument("--checkpoint", type=Path, default=ROOT / "weights" / "pspnet_camvid.pt")
+    p.add_argument("--int8-model", type=Path, default=ROOT / "weights" / "pspnet_camvid_int8.onnx",
+                   help="int8 artifact measured beside --model (skip with --skip int8)")
     p.add_argument("--image", type=Path, required=True, help="the request image (CamVid 360x480)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks")
     p.add_argument("--duration", type=float, default=30.0, help="seconds per load point")
@@ -263,9 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rss-seconds", type=float, default=300.0)
     p.add_argument("--profile-seconds", type=float, default=30.0)
     p.add_argument("--protocol-repeats", type=int, default=1)
-    p.add_argument("--tune", action="store_true", help="also try other settings at concurrency 8")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="passes over the concurrencies (service, naive); the median-throughput run is kept")
+    p.add_argument("--merge", action="store_true", help="update an existing results.json (with --skip)")
+    p.add_argument("--tune", action="store_true", help="also try other settings (TUNING)")
+    p.add_argument("--tune-only", type=int, nargs="+", metavar="I",
+                   help="run only these entries of TUNING (0-based), merged into the earlier ones")
     p.add_argument("--skip", nargs="*", default=[],
-                   choices=["ort", "service", "rss", "profile", "naive", "protocol"])
+                   choices=["ort", "service", "rss", "profile", "naive", "protocol", "int8"])
     p.add_argument("--quiet-wait", type=float, default=OPTIONS["quiet_wait"],
                    help="seconds to wait for a quiet machine before each measurement")
     p.add_argument("--quick", action="store_true", help="tiny durations: a smoke run of the driver")
@@ -277,12 +322,19 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
+    if not args.merge:  # files of an earlier run would read as results of this one
+        for stale in [*raw.glob("*.json"), *raw.glob("*.txt")]:
+            stale.unlink()
     logs = Path(tempfile.mkdtemp(prefix="pspnet-bench-logs-"))  # server logs: not results, not committed
     log(f"server logs in {logs}")
     env = dict(kv.split("=", 1) for kv in args.env)
+    previous = out / "results.json"
     results: dict[str, Any] = {"machine": machine(), "model": args.model.name, "image": args.image.name,
-                               "duration_s": args.duration, "service_env": env,
+                               "duration_s": args.duration, "service_env": env, "repeats": args.repeats,
                                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    if args.merge and previous.exists():  # the earlier run's description stands; its parts are updated
+        results |= json.loads(previous.read_text())
+        results.setdefault("merged", []).append(time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     log(f"machine: {results['machine']['cpu']}, load {loadavg()}")
     load = ["--mode", "whole", "--output", "color", "--duration", str(args.duration)]
 
@@ -299,11 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     if not {"service", "rss", "profile"} <= set(args.skip):
         with server(serve, "/readyz", port, env, logs / "service.log") as proc:
             if "service" not in args.skip:
-                results["service"] = {}
-                for c in CONCURRENCIES:
-                    log(f"service, concurrency {c}")
-                    results["service"][str(c)] = bench(port, args.image, raw / f"service_c{c}.json",
-                                                       "--concurrency", str(c), *load, pid=proc.pid)
+                results["service"], results["service_runs"] = sweep(
+                    "service", lambda c, path: bench(port, args.image, path, "--concurrency", str(c), *load,
+                                                     pid=proc.pid), raw, args.repeats)
                 log("service, concurrency 8, multipart")
                 results["service_multipart_c8"] = bench(port, args.image, raw / "service_c8_multipart.json",
                                                         "--concurrency", "8", "--multipart", *load,
@@ -339,26 +389,32 @@ def main(argv: list[str] | None = None) -> int:
         naive = [PY, str(SCRIPTS / "bench_naive_server.py"), "--checkpoint", str(args.checkpoint),
                  "--port", str(nport)]
         with server(naive, "/healthz", nport, None, logs / "naive.log") as nproc:
-            results["naive"] = {}
-            for c in CONCURRENCIES:
-                log(f"naive server, concurrency {c}")
-                results["naive"][str(c)] = bench(nport, args.image, raw / f"naive_c{c}.json", "--concurrency",
-                                                 str(c), "--path", "/predict", "--multipart",
-                                                 "--duration", str(args.duration), pid=nproc.pid)
+            results["naive"], results["naive_runs"] = sweep(
+                "naive", lambda c, path: bench(nport, args.image, path, "--concurrency", str(c), "--path",
+                                               "/predict", "--multipart", "--duration", str(args.duration),
+                                               pid=nproc.pid), raw, args.repeats)
 
-    if args.tune:
-        results["tuning"] = []
-        for extra_env in TUNING:
+    if "int8" not in args.skip:
+        results["int8"] = int8_pass(args, serve, env, load, raw, logs)
+
+    if args.tune or args.tune_only:
+        chosen = [t for i, t in enumerate(TUNING) if not args.tune_only or i in args.tune_only]
+        done = {(json.dumps(t["settings"], sort_keys=True), t.get("concurrency", 8)): t
+                for t in results.get("tuning", []) if args.tune_only}
+        for extra_env, conc in chosen:
             tport = free_port()
             cmd = [*serve[:serve.index("--port") + 1], str(tport), *serve[serve.index("--port") + 2:]]
             name = ",".join(f"{k.removeprefix('PSPNET_')}={v}" for k, v in extra_env.items()) or "defaults"
-            log(f"tuning: {name}")
+            log(f"tuning: {name} at concurrency {conc}")
             with server(cmd, "/readyz", tport, {**env, **extra_env}) as tproc:
-                rep = bench(tport, args.image, raw / f"tune_{name.replace('=', '').replace(',', '_')}.json",
-                            "--concurrency", "8", *load, pid=tproc.pid)
-            results["tuning"].append({"settings": extra_env, **{k: rep[k] for k in (
+                tag = f"{name.replace('=', '').replace(',', '_')}_c{conc}"
+                rep = bench(tport, args.image, raw / f"tune_{tag}.json", "--concurrency", str(conc), *load,
+                            pid=tproc.pid)
+            done[(json.dumps(extra_env, sort_keys=True), conc)] = {
+                "settings": extra_env, "concurrency": conc, **{k: rep[k] for k in (
                 "throughput_rps", "latency_ms", "batches", "errors", "loadavg_before", "cpu_ms_per_ok",
-                "foreign_cores")}})
+                "foreign_cores")}}
+        results["tuning"] = list(done.values())
 
     if "protocol" not in args.skip:
         results["machine_busy_before_protocol"] = wait_quiet(OPTIONS["quiet_wait"])
@@ -366,6 +422,13 @@ def main(argv: list[str] | None = None) -> int:
                     str(args.checkpoint), "--image", str(args.image), "--size", "1024", "2048",
                     "--repeats", str(args.protocol_repeats), "--json", str(raw / "protocol.json")])
         results["protocol"] = json.loads((raw / "protocol.json").read_text())
+
+    if "int8" not in args.skip and "protocol" not in args.skip:
+        wait_quiet(OPTIONS["quiet_wait"])
+        run_script([str(SCRIPTS / "bench_protocol.py"), "--model", str(args.int8_model), "--checkpoint",
+                    str(args.checkpoint), "--image", str(args.image), "--size", "1024", "2048",
+                    "--repeats", str(args.protocol_repeats), "--json", str(raw / "protocol_int8.json")])
+        results["int8"]["protocol"] = json.loads((raw / "protocol_int8.json").read_text())
 
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     results["loadavg_at_end"] = loadavg()

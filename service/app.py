@@ -177,7 +177,8 @@ def create_app(settings: Settings) -> FastAPI:
         state.executor = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="pspnet-cpu")
         state.batcher = TileBatcher(engine.run, max_batch=settings.max_batch,
                                     max_wait_ms=settings.max_wait_ms,
-                                    max_queue_tiles=settings.max_queue_tiles, observer=metrics,
+                                    max_queue_tiles=settings.max_queue_tiles,
+                                    max_queue_delay_s=settings.max_queue_delay_s, observer=metrics,
                                     tile_shape=(3, *engine.tile))
         await state.batcher.start()
         state.segmenter = Segmenter(engine.meta, state.batcher, state.executor)

@@ -13,8 +13,8 @@ Policy:
 - Admission is all or nothing, decided at once: more tiles than the queue can
   ever hold -> :class:`PayloadTooLarge`; not enough room now, or work queued
   ahead that by the recent time per tile would outlast the request's deadline
-  -> :class:`Overloaded` with a Retry-After estimated from the queue depth and
-  that time per tile; after :meth:`TileBatcher.stop` began ->
+  or ``max_queue_delay_s`` -> :class:`Overloaded` with a Retry-After
+  estimated from the queue depth and that time per tile; after :meth:`TileBatcher.stop` began ->
   :class:`NotReady` (503, the process is going away).
 - A request whose deadline passes gets :class:`DeadlineExceeded`; one whose
   awaiting task is cancelled (the client went away) re-raises the cancellation.
@@ -96,14 +96,16 @@ Part = tuple[_Request, int, int]  # request, first tile, stop
 
 class TileBatcher:
     def __init__(self, runner: Runner, *, max_batch: int, max_wait_ms: float, max_queue_tiles: int,
-                 tile_shape: tuple[int, int, int] | None = None,
+                 max_queue_delay_s: float = math.inf, tile_shape: tuple[int, int, int] | None = None,
                  observer: BatchObserver | None = None) -> None:
-        if max_batch < 1 or max_queue_tiles < 1 or max_wait_ms < 0:
-            raise ValueError("need max_batch >= 1, max_queue_tiles >= 1 and max_wait_ms >= 0")
+        if max_batch < 1 or max_queue_tiles < 1 or max_wait_ms < 0 or max_queue_delay_s <= 0:
+            raise ValueError("need max_batch >= 1, max_queue_tiles >= 1, max_wait_ms >= 0 "
+                             "and max_queue_delay_s > 0")
         self._runner = runner
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.max_queue_tiles = max_queue_tiles
+        self.max_queue_delay = max_queue_delay_s
         self.tile_shape = tile_shape  # (3, H, W) when known: a wrong shape is refused, not run
         self._observer = observer
         self.stats = BatcherStats()
@@ -179,6 +181,14 @@ class TileBatcher:
             left = deadline - loop.time()
             raise Overloaded(f"about {eta:.1f} s of work is queued, more than the {left:.1f} s left to "
                              f"this request's deadline", retry_after=self.retry_after(n))
+        ahead = self._eta(0)
+        if self._queued and ahead is not None and ahead > self.max_queue_delay:
+            # The queue's bound in time: the tile bound alone means seconds on a GPU and most
+            # of a minute on a small CPU; this keeps the wait of an accepted request (and the
+            # backlog left when a burst ends) the same on both.
+            self._reject("overloaded")
+            raise Overloaded(f"about {ahead:.1f} s of work is queued; the queue holds at most "
+                             f"{self.max_queue_delay:g} s", retry_after=self.retry_after(n))
         r = _Request(tiles, loop.create_future(), loop.time(), deadline)
         self._queue.append(r)
         self._queued += n

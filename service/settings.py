@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(2.0, ge=0, le=1000,
                                description="how long a batch waits for more tiles after its first")
     max_queue_tiles: int = Field(256, ge=1, description="bound of the tile queue; beyond it requests get 503")
+    max_queue_delay_s: float = Field(
+        5.0, gt=0, description="bound of the queue in time (work ahead at the measured speed); beyond it 503")
     request_timeout_s: float = Field(60.0, gt=0, description="per-request deadline (504 when exceeded)")
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest accepted upload (413)")
     max_pixels: int = Field(40_000_000, ge=1, description="largest accepted image, width x height (413)")

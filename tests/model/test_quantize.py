@@ -73,7 +73,8 @@ def test_the_graph_is_int8_and_keeps_the_contract(setup: tuple[Path, Path, Path]
                                                           "tensor(float)")
     meta, float_meta = read_meta(out), read_meta(src)
     assert meta.name == "tiny-int8" and meta.metrics == {}
-    assert (meta.classes, meta.tile, meta.protocol) == (float_meta.classes, float_meta.tile, float_meta.protocol)
+    assert (meta.classes, meta.tile, meta.protocol) == (float_meta.classes, float_meta.tile,
+                                                        float_meta.protocol)
     q = meta.source["quantization"]
     assert q["calibration_images"] == 4 and len(q["float_artifact_sha256"]) == 64
     assert [p.key for p in proto.metadata_props] == ["pspnet"]  # no tool bookkeeping left
@@ -92,7 +93,8 @@ def test_int8_logits_stay_close_to_float32(setup: tuple[Path, Path, Path]) -> No
         assert np.mean(got.argmax(1) == want.argmax(1)) >= MIN_AGREEMENT
 
 
-def test_quantizing_is_deterministic_and_refuses_twice(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+def test_quantizing_is_deterministic_and_refuses_twice(setup: tuple[Path, Path, Path],
+                                                        tmp_path: Path) -> None:
     src, images, out = setup
     again = tmp_path / "again.onnx"
     report = quantize_artifact(src, again, pick_images(images, 4))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import os
 import signal
 import subprocess
@@ -130,13 +131,10 @@ async def test_inference_error_fails_only_its_batch(model: Path, gated_engine: d
 
 # -- overload that would outlast a deadline -------------------------------------------------------------
 
-def test_a_request_that_would_miss_its_deadline_is_refused_at_once() -> None:
-    """Room in the queue but not in time: a 503 now, not a 504 after waiting out the deadline.
-
-    Found by scripts/reliability_overload.py: with the default 256-tile queue on a 2-core CPU the
-    batcher's own estimate of the queue was >= 60 s (Retry-After capped at 60) while it still
-    admitted requests with a 60 s deadline; 100 of them ended as 504s after a minute in the queue.
-    """
+def _held_queue_case(max_queue_delay_s: float, deadline_s: float) -> None:
+    """A batcher that has learnt its speed (about 0.05 s a tile), a held runner and about 1 s of
+    work queued: one more request with ``deadline_s`` left is refused at once with a 503, and one
+    with 30 s left is still admitted when the queue's time bound allows it."""
     async def body() -> None:
         gate = threading.Event()
         calls: list[int] = []
@@ -145,14 +143,15 @@ def test_a_request_that_would_miss_its_deadline_is_refused_at_once() -> None:
             calls.append(len(batch))
             if len(calls) > 1:
                 gate.wait(5)
-            time.sleep(0.05)  # the measured speed: about 0.05 s a tile
+            time.sleep(0.05)
             return np.zeros((len(batch), 2, 4, 4), np.float32)
 
         def one(n: int = 1) -> np.ndarray:
             return np.ones((n, 3, 4, 4), np.float32)
 
         loop = asyncio.get_running_loop()
-        b = TileBatcher(runner, max_batch=1, max_wait_ms=0, max_queue_tiles=100)
+        b = TileBatcher(runner, max_batch=1, max_wait_ms=0, max_queue_tiles=100,
+                        max_queue_delay_s=max_queue_delay_s)
         await b.start()
         await b.submit(one(), deadline=loop.time() + 30)  # teaches the batcher its speed
         holder = asyncio.ensure_future(b.submit(one(), deadline=loop.time() + 30))
@@ -160,16 +159,39 @@ def test_a_request_that_would_miss_its_deadline_is_refused_at_once() -> None:
         ahead = asyncio.ensure_future(b.submit(one(20), deadline=loop.time() + 30))  # ~1 s of work
         await asyncio.sleep(0)
         t0 = time.perf_counter()
-        with pytest.raises(Overloaded) as refused:  # 0.5 s left, about 1 s of work ahead
-            await b.submit(one(), deadline=loop.time() + 0.5)
+        with pytest.raises(Overloaded) as refused:
+            await b.submit(one(), deadline=loop.time() + deadline_s)
         assert time.perf_counter() - t0 < 0.1 and refused.value.retry_after >= 1
-        patient = asyncio.ensure_future(b.submit(one(), deadline=loop.time() + 30))  # time enough
+        waiting = [holder, ahead]
+        if max_queue_delay_s > 1.5:  # time enough and room in time: admitted
+            waiting.append(asyncio.ensure_future(b.submit(one(), deadline=loop.time() + 30)))
+        else:
+            with pytest.raises(Overloaded, match="holds at most"):
+                await b.submit(one(), deadline=loop.time() + 30)
         gate.set()
-        await asyncio.gather(holder, ahead, patient)
-        assert b.stats.rejected == {"overloaded": 1} and not b.stats.dropped
+        await asyncio.gather(*waiting)
+        assert b.stats.rejected == {"overloaded": 1 if max_queue_delay_s > 1.5 else 2}
+        assert not b.stats.dropped
         await b.stop()
 
     asyncio.run(body())
+
+
+def test_a_request_that_would_miss_its_deadline_is_refused_at_once() -> None:
+    """Room in the queue but not in time: a 503 now, not a 504 after waiting out the deadline.
+
+    Found by scripts/reliability_overload.py: with the default 256-tile queue on a 2-core CPU the
+    batcher's own estimate of the queue was >= 60 s (Retry-After capped at 60) while it still
+    admitted requests with a 60 s deadline; 100 of them ended as 504s after a minute in the queue.
+    """
+    _held_queue_case(max_queue_delay_s=math.inf, deadline_s=0.5)  # 0.5 s left, about 1 s of work ahead
+
+
+def test_the_queue_is_bounded_in_time_too() -> None:
+    """More queued work than ``max_queue_delay_s`` (0.5 s here, about 1 s queued) refuses even a
+    patient request: the wait of accepted requests stays bounded on slow hardware. Found by the
+    same run after the deadline fix: the queue then held a deadline's worth of work (50 s)."""
+    _held_queue_case(max_queue_delay_s=0.5, deadline_s=0.5)
 
 
 # -- a client that goes away -----------------------------------------------------------------------
