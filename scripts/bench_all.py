@@ -60,6 +60,7 @@ TUNING: tuple[tuple[dict[str, str], int], ...] = (
     ({"PSPNET_MAX_WAIT_MS": "0"}, 8), ({"PSPNET_MAX_WAIT_MS": "20"}, 8), ({"PSPNET_CPU_WORKERS": "1"}, 8),
     ({"PSPNET_CPU_WORKERS": "4"}, 8), ({"PSPNET_INTRA_OP_THREADS": "1"}, 8),
     ({}, 16), ({"PSPNET_MAX_BATCH": "8"}, 16), ({"PSPNET_MAX_BATCH": "8", "PSPNET_MAX_WAIT_MS": "20"}, 16),
+    ({}, 1), ({"PSPNET_ORT_SPIN": "1"}, 1), ({"PSPNET_ORT_SPIN": "1"}, 8),
 )
 
 

@@ -172,7 +172,7 @@ def create_app(settings: Settings) -> FastAPI:
         engine = await asyncio.to_thread(
             Engine, settings.model, provider=settings.provider,
             intra_op_threads=settings.intra_op_threads, inter_op_threads=settings.inter_op_threads,
-            max_batch=settings.max_batch)
+            max_batch=settings.max_batch, spin=settings.ort_spin)
         state.engine, state.meta = engine, engine.meta
         state.executor = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="pspnet-cpu")
         state.batcher = TileBatcher(engine.run, max_batch=settings.max_batch,

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
         "auto", description="execution provider: auto = CUDA when available, else CPU")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = one per core)")
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads")
+    ort_spin: bool = Field(False, description="let ONNX Runtime's CPU threads busy-wait between ops: "
+                           "lower latency when the cores are the model's alone, less throughput under load")
     cpu_workers: int = Field(2, ge=1, le=64,
                              description="threads for decode, resize, stitch and encode")
     max_batch: int = Field(4, ge=1, le=256, description="most tiles in one inference batch")

@@ -31,3 +31,30 @@ def test_engine_runs_either_way(tmp_path: Path, spin: bool) -> None:
     engine = Engine(build_tiny_artifact(tmp_path / "tiny.onnx"), provider="cpu", max_batch=2, spin=spin)
     out = engine.run(np.full((2, 3, 32, 48), 100.0, dtype=np.float32))
     assert out.shape == (2, 5, 32, 48) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("setting", [False, True])
+def test_the_setting_reaches_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        setting: bool) -> None:
+    """PSPNET_ORT_SPIN is what the served engine's sessions get (default: off)."""
+    import asyncio
+
+    import service.app
+    from tests.service.api_client import serving
+
+    seen: list[bool] = []
+
+    class Recording(Engine):
+        def __init__(self, *args: object, spin: bool = False, **kwargs: object) -> None:
+            seen.append(spin)
+            super().__init__(*args, spin=spin, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service.app, "Engine", Recording)
+    overrides = {"ort_spin": True} if setting else {}
+
+    async def body() -> None:
+        async with serving(build_tiny_artifact(tmp_path / "tiny.onnx"), **overrides) as client:
+            assert (await client.get("/readyz")).status_code == 200
+
+    asyncio.run(body())
+    assert seen == [setting]
