@@ -24,16 +24,6 @@ PROBLEM = "application/problem+json"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_artifact(tmp_path_factory.mktemp("m") / "tiny.onnx", tile=(32, 48), num_classes=5)
-
-
-@pytest.fixture
 def slow_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """Engine.run blocks until the returned event is set (or 5 s pass)."""
     gate = threading.Event()

@@ -25,7 +25,7 @@ from service.bench import bench_main, is_loopback, run_bench
 from service.benchprobe import batch_sizes, parse_metrics, read_cpu_seconds, read_rss
 from service.loadgen import OVERFLOW, LoadSpec, arrival_times, parse_server_timing, run_load
 from tests.service.api_client import png_bytes, serving
-from tests.service.test_e2e import _free_port
+from tests.service.process import free_port
 from tests.service.tiny_model import build_tiny_artifact
 
 SERVICE_SECONDS = 0.05
@@ -161,7 +161,7 @@ def test_cli_against_a_real_server(tmp_path: Path) -> None:
     model = build_tiny_artifact(tmp_path / "tiny.onnx")
     image = tmp_path / "street.png"
     image.write_bytes(png_bytes(40, 60))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--model", str(model),
                              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))

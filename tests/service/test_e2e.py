@@ -5,10 +5,8 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,13 +15,8 @@ import pytest
 from PIL import Image
 
 from tests.service.api_client import png_bytes
+from tests.service.process import free_port, wait_ready
 from tests.service.tiny_model import build_tiny_artifact
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _serve(model: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
@@ -34,27 +27,13 @@ def _serve(model: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], seconds: float = 60) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early: {proc.stdout.read().decode() if proc.stdout else ''}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server not ready in time")
-
-
 def test_segment_over_a_socket_then_sigterm(tmp_path: Path) -> None:
     model = build_tiny_artifact(tmp_path / "tiny.onnx")
-    port = _free_port()
+    port = free_port()
     proc = _serve(model, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, proc)
+        wait_ready(url, proc)
         r = httpx.post(url + "/v1/segment?output=label", content=png_bytes(50, 70),
                        headers={"content-type": "image/png", "x-request-id": "e2e-1"}, timeout=30)
         assert r.status_code == 200 and r.headers["x-request-id"] == "e2e-1"
@@ -77,7 +56,7 @@ def test_missing_or_corrupt_model_stops_startup(tmp_path: Path, content: bytes |
     model = tmp_path / "model.onnx"
     if content is not None:
         model.write_bytes(content)
-    proc = _serve(model, _free_port())
+    proc = _serve(model, free_port())
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2
     text = out.decode()
@@ -86,7 +65,7 @@ def test_missing_or_corrupt_model_stops_startup(tmp_path: Path, content: bytes |
 
 def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
     model = build_tiny_artifact(tmp_path / "tiny.onnx")
-    proc = _serve(model, _free_port(), "--max-batch", "0")
+    proc = _serve(model, free_port(), "--max-batch", "0")
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "PSPNET_MAX_BATCH" in out.decode() and "Traceback" not in out.decode()

@@ -33,20 +33,10 @@ from service.engine import Engine
 from service.errors import Overloaded
 from service.settings import Settings
 from tests.service.api_client import metric_samples, png_bytes, serving
-from tests.service.test_e2e import _free_port
+from tests.service.process import free_port, wait_ready
 from tests.service.tiny_model import build_tiny_artifact
 
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_artifact(tmp_path_factory.mktemp("m") / "tiny.onnx", tile=(32, 48), num_classes=5)
 
 
 @pytest.fixture
@@ -277,19 +267,6 @@ sys.exit(main(sys.argv[1:]))
 IN_FLIGHT = 8
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], seconds: float = 60) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server not ready in time")
-
-
 def _in_flight(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=5).text
     return metric_samples(text, "pspnet_requests_in_flight")[""] - 1  # not counting this request
@@ -298,7 +275,7 @@ def _in_flight(url: str) -> float:
 def test_sigterm_under_load_finishes_accepted_requests_and_refuses_new(tmp_path: Path) -> None:
     model = build_tiny_artifact(tmp_path / "tiny.onnx")
     gate = tmp_path / "gate"
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [sys.executable, "-c", GATED_SERVER, "--model", str(model), "--host", "127.0.0.1",
@@ -306,7 +283,7 @@ def test_sigterm_under_load_finishes_accepted_requests_and_refuses_new(tmp_path:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env={**os.environ, "PSPNET_LOG_LEVEL": "info", "GATE_FILE": str(gate)})
     try:
-        _wait_ready(url, proc)
+        wait_ready(url, proc)
 
         def segment(i: int) -> int:
             with httpx.Client(timeout=60) as client:  # one connection each

@@ -45,7 +45,6 @@ from service.app import create_app
 from service.errors import PROBLEM_MEDIA_TYPE
 from service.settings import Settings
 from tests.service.api_client import png_bytes
-from tests.service.tiny_model import build_tiny_artifact
 
 #: Examples per operation (and for the real-image run). With 150, each POST run takes 3.6 s on
 #: the 2-core machine and the whole file about 10 s: well inside a CI budget.
@@ -54,11 +53,6 @@ FUZZ = settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline
                 suppress_health_check=list(HealthCheck))
 #: 5xx a healthy server may send: overload / not ready (503) and deadline (504)
 ALLOWED_5XX = frozenset({503, 504})
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_artifact(tmp_path_factory.mktemp("fuzz") / "tiny.onnx", tile=(32, 48), num_classes=5)
 
 
 @pytest.fixture

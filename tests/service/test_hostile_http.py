@@ -24,7 +24,6 @@ from PIL import Image
 from service.settings import Settings
 from tests.service import hostile_images as hi
 from tests.service.api_client import png_bytes, serving
-from tests.service.tiny_model import build_tiny_artifact
 
 pytestmark = pytest.mark.anyio
 PROBLEM = "application/problem+json"
@@ -38,16 +37,6 @@ REFUSAL_SECONDS = 1.0
 #: 137 MB. The instrument does see real allocations: one 4000 x 3000 PNG through the same path
 #: raised the peak by 595 MB.
 PEAK_RSS_BOUND = 48 * MB
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_artifact(tmp_path_factory.mktemp("m") / "tiny.onnx", tile=(32, 48), num_classes=5)
 
 
 @dataclass(frozen=True)
