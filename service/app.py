@@ -316,6 +316,8 @@ def create_app(settings: Settings) -> FastAPI:
                          max_scales=settings.max_scales)
         deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
         data, ctype = await _image_bytes(request, settings)
+        if state.batcher is not None:
+            state.batcher.check_room()  # refuse before decoding what could not be queued anyway
         work = asyncio.ensure_future(_segment(state, data, ctype, params, output, format, include_mask,
                                               deadline, request))
         gone = asyncio.ensure_future(_until_disconnect(request.receive))

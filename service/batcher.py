@@ -204,6 +204,20 @@ class TileBatcher:
             self._drop(r, _end_reason(r, loop.time()))
             raise
 
+    def check_room(self) -> None:
+        """Raise :class:`Overloaded` when :meth:`submit` would refuse even a one-tile request now.
+
+        For the caller to run before the work that precedes submit (decoding, tiling): under
+        overload that work would be spent on requests refused anyway, on the same cores the model
+        needs (scripts/reliability_overload.py measured about 20% of capacity lost to it).
+        """
+        ahead = self._eta(0)
+        full = self._queued >= self.max_queue_tiles
+        if full or (self._queued and ahead is not None and ahead > self.max_queue_delay):
+            self._reject("overloaded")
+            raise Overloaded(f"{self._queued} tiles queued (about {ahead or 0:.1f} s of work): no room now",
+                             retry_after=self.retry_after(1))
+
     def retry_after(self, extra_tiles: int = 0) -> int:
         """Seconds until the queue (plus ``extra_tiles``) would likely have run, 1..60."""
         eta = self._eta(extra_tiles)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import service.app
 from service.engine import Engine
 from tests.service.api_client import metric_samples, png_bytes, serving
 from tests.service.tiny_model import build_tiny_artifact, tiny_palette
@@ -197,15 +198,26 @@ async def test_request_bigger_than_the_queue_is_413(model: Path) -> None:
     assert r.status_code == 413 and r.headers["content-type"] == PROBLEM
 
 
-async def test_full_queue_sheds_with_503_at_once(model: Path, slow_engine: threading.Event) -> None:
+async def test_full_queue_sheds_with_503_at_once(model: Path, slow_engine: threading.Event,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    decodes: list[int] = []
+    real_decode = service.app.decode_image
+
+    def counting_decode(*args: object, **kwargs: object) -> object:
+        decodes.append(1)
+        return real_decode(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service.app, "decode_image", counting_decode)
     async with serving(model, max_queue_tiles=4, max_batch=1, warmup=False) as c:
         # the first request's tile is taken by the blocked runner, the next fill the queue
         first = [asyncio.create_task(c.post("/v1/segment?mode=whole", **_raw(png_bytes())))
                  for _ in range(5)]
         await asyncio.sleep(0.5)
+        decoded_before = len(decodes)
         t0 = time.perf_counter()
         shed = await c.post("/v1/segment?mode=whole", **_raw(png_bytes()))
         elapsed = time.perf_counter() - t0
+        assert len(decodes) == decoded_before == 5, "a request refused for a full queue is not decoded"
         slow_engine.set()
         done = await asyncio.gather(*first)
         text = (await c.get("/metrics")).text

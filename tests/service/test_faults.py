@@ -154,13 +154,16 @@ def _held_queue_case(max_queue_delay_s: float, deadline_s: float) -> None:
         assert time.perf_counter() - t0 < 0.1 and refused.value.retry_after >= 1
         waiting = [holder, ahead]
         if max_queue_delay_s > 1.5:  # time enough and room in time: admitted
+            b.check_room()  # the early check agrees
             waiting.append(asyncio.ensure_future(b.submit(one(), deadline=loop.time() + 30)))
         else:
+            with pytest.raises(Overloaded, match="no room now"):
+                b.check_room()  # what the app asks before decoding
             with pytest.raises(Overloaded, match="holds at most"):
                 await b.submit(one(), deadline=loop.time() + 30)
         gate.set()
         await asyncio.gather(*waiting)
-        assert b.stats.rejected == {"overloaded": 1 if max_queue_delay_s > 1.5 else 2}
+        assert b.stats.rejected == {"overloaded": 1 if max_queue_delay_s > 1.5 else 3}
         assert not b.stats.dropped
         await b.stop()
 
