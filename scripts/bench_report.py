@@ -276,11 +276,17 @@ def plots(r: dict[str, Any], out: Path) -> None:
             ax2.plot(cs, [series[str(c)]["latency_ms"]["p99"] for c in cs], style, label=label)
         limit = _get(r, "ort_limit", "limit_tiles_per_s")
         if limit:
-            ax1.axhline(limit, color="grey", ls=":", label="raw ONNX Runtime limit")
-            ax1.axhline(0.9 * limit, color="grey", ls="-.", lw=0.8, label="90% of the limit")
+            ax1.axhline(limit, color="grey", ls=":", label="raw ONNX Runtime limit (float32)")
+            ax1.axhline(0.9 * limit, color="grey", ls="-.", lw=0.8, label="90% of that limit")
         single = _get(r, "ort_limit", "single_image_ms")
         if single:
-            ax2.axhline(single, color="grey", ls=":", label="single-image inference")
+            ax2.axhline(single, color="grey", ls=":", label="single-image inference (float32)")
+        limit8 = _get(r, "int8", "ort_limit", "limit_tiles_per_s")
+        if limit8:
+            ax1.axhline(limit8, color="tab:green", ls=":", label="raw ONNX Runtime limit (int8)")
+        single8 = _get(r, "int8", "ort_limit", "single_image_ms")
+        if single8:
+            ax2.axhline(single8, color="tab:green", ls=":", label="single-image inference (int8)")
         for ax in (ax1, ax2):
             ax.set_xscale("log", base=2)
             ax.set_xticks(list(map(int, r["service"])), labels=list(r["service"]))
@@ -292,7 +298,9 @@ def plots(r: dict[str, Any], out: Path) -> None:
         ax2.set_yscale("log")
         ax1.legend(fontsize=8)
         ax2.legend(fontsize=8)
-        fig.suptitle(f"{r['model']}, 360x480 image, mode=whole, output=color (2-core CPU, shared)")
+        fig.suptitle(f"{r['model']} (and int8), 360x480 image, mode=whole, output=color (2-core CPU, shared)"
+                     if _get(r, "int8", "service") else
+                     f"{r['model']}, 360x480 image, mode=whole, output=color (2-core CPU, shared)")
         fig.tight_layout()
         fig.savefig(out / "plot.png", dpi=110)
         plt.close(fig)
