@@ -32,7 +32,6 @@ import os
 import platform
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,9 +44,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
 
 from scripts.bench_report import render  # noqa: E402
+from service.localserver import free_port, wait_ready  # noqa: E402
 
 PY = sys.executable
 #: seconds to wait for other people's jobs to calm down before each measurement (--quiet-wait)
@@ -70,12 +69,6 @@ def log(msg: str) -> None:
 
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def machine() -> dict[str, Any]:
@@ -106,25 +99,13 @@ def machine() -> dict[str, Any]:
             "loadavg_at_start": loadavg()}
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 180) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready after {seconds} s")
-
-
 @contextlib.contextmanager
 def server(cmd: list[str], ready_path: str, port: int, env: dict[str, str] | None = None,
            log_path: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_http(f"http://127.0.0.1:{port}{ready_path}", proc)
+        wait_ready(f"http://127.0.0.1:{port}{ready_path}", proc, seconds=180, interval=0.3)
         yield proc
     finally:
         if proc.poll() is None:
@@ -246,6 +227,23 @@ def run_script(args: list[str]) -> None:
     subprocess.run([PY, *args], check=True, cwd=ROOT)
 
 
+def ort_limit(args: argparse.Namespace, model: Path, out: Path) -> dict[str, Any]:
+    """Baseline 1 for ``model`` (scripts/bench_ort_limit.py), its JSON written to ``out``."""
+    run_script([str(SCRIPTS / "bench_ort_limit.py"), "--model", str(model), "--image", str(args.image),
+                "--seconds", str(args.ort_seconds), "--json", str(out)])
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def protocol(args: argparse.Namespace, model: Path, out: Path) -> dict[str, Any]:
+    """Baseline 3 for ``model`` on a 1024x2048 image (scripts/bench_protocol.py), JSON to ``out``."""
+    run_script([str(SCRIPTS / "bench_protocol.py"), "--model", str(model), "--checkpoint",
+                str(args.checkpoint), "--image", str(args.image), "--size", "1024", "2048",
+                "--repeats", str(args.protocol_repeats), "--json", str(out)])
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
 def sweep(name: str, run: Callable[[int, Path], dict[str, Any]], raw: Path,
           repeats: int) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """Every concurrency ``repeats`` times, the passes interleaved so that a noisy minute spoils one
@@ -277,10 +275,7 @@ def int8_pass(args: argparse.Namespace, serve: list[str], env: dict[str, str], l
     """The int8 artifact: its own raw ORT limit, then the same service sweep as the float32 model."""
     part: dict[str, Any] = {"model": args.int8_model.name}
     wait_quiet(OPTIONS["quiet_wait"])
-    run_script([str(SCRIPTS / "bench_ort_limit.py"), "--model", str(args.int8_model),
-                "--image", str(args.image), "--seconds", str(args.ort_seconds),
-                "--json", str(raw / "ort_limit_int8.json")])
-    part["ort_limit"] = json.loads((raw / "ort_limit_int8.json").read_text())
+    part["ort_limit"] = ort_limit(args, args.int8_model, raw / "ort_limit_int8.json")
     port = free_port()
     cmd = [*serve]
     cmd[cmd.index("--model") + 1], cmd[cmd.index("--port") + 1] = str(args.int8_model), str(port)
@@ -341,10 +336,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "ort" not in args.skip:
         results["machine_busy_before_ort"] = wait_quiet(OPTIONS["quiet_wait"])
-        run_script([str(SCRIPTS / "bench_ort_limit.py"), "--model", str(args.model),
-                    "--image", str(args.image), "--seconds", str(args.ort_seconds),
-                    "--json", str(raw / "ort_limit.json")])
-        results["ort_limit"] = json.loads((raw / "ort_limit.json").read_text())
+        results["ort_limit"] = ort_limit(args, args.model, raw / "ort_limit.json")
 
     port = free_port()
     serve = [PY, "-m", "service.cli", "--model", str(args.model), "--host", "127.0.0.1", "--port", str(port),
@@ -380,10 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "ort" not in args.skip and "service" not in args.skip:
         wait_quiet(OPTIONS["quiet_wait"])
-        run_script([str(SCRIPTS / "bench_ort_limit.py"), "--model", str(args.model),
-                    "--image", str(args.image), "--seconds", str(args.ort_seconds),
-                    "--json", str(raw / "ort_limit_after.json")])
-        results["ort_limit_after"] = json.loads((raw / "ort_limit_after.json").read_text())
+        results["ort_limit_after"] = ort_limit(args, args.model, raw / "ort_limit_after.json")
 
     if "naive" not in args.skip:
         nport = free_port()
@@ -419,17 +408,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if "protocol" not in args.skip:
         results["machine_busy_before_protocol"] = wait_quiet(OPTIONS["quiet_wait"])
-        run_script([str(SCRIPTS / "bench_protocol.py"), "--model", str(args.model), "--checkpoint",
-                    str(args.checkpoint), "--image", str(args.image), "--size", "1024", "2048",
-                    "--repeats", str(args.protocol_repeats), "--json", str(raw / "protocol.json")])
-        results["protocol"] = json.loads((raw / "protocol.json").read_text())
+        results["protocol"] = protocol(args, args.model, raw / "protocol.json")
 
     if "int8" not in args.skip and "protocol" not in args.skip:
         wait_quiet(OPTIONS["quiet_wait"])
-        run_script([str(SCRIPTS / "bench_protocol.py"), "--model", str(args.int8_model), "--checkpoint",
-                    str(args.checkpoint), "--image", str(args.image), "--size", "1024", "2048",
-                    "--repeats", str(args.protocol_repeats), "--json", str(raw / "protocol_int8.json")])
-        results["int8"]["protocol"] = json.loads((raw / "protocol_int8.json").read_text())
+        results["int8"]["protocol"] = protocol(args, args.int8_model, raw / "protocol_int8.json")
 
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     results["loadavg_at_end"] = loadavg()

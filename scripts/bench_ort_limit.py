@@ -30,18 +30,14 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from service.artifact import INPUT_NAME, OUTPUT_NAME, read_meta  # noqa: E402
-from service.codecs import decode_image  # noqa: E402
 from service.engine import session_options  # noqa: E402
-from service.resize import resize_linear  # noqa: E402
+from service.offline import read_image  # noqa: E402
+from service.tiling import plan_tiles  # noqa: E402
 
 
 def tile_from_image(path: Path, tile: tuple[int, int]) -> np.ndarray:
-    """(3, H, W) float32 raw 0..255: the image resized to the tile, as mode=whole does."""
-    rgb = decode_image(path.read_bytes(), content_type=None, max_bytes=1 << 30, max_pixels=1 << 30).rgb
-    img = rgb.astype(np.float32)
-    if img.shape[:2] != tile:
-        img = resize_linear(img, tile)
-    return np.ascontiguousarray(img.transpose(2, 0, 1))
+    """(3, H, W) float32 raw 0..255: the image as the service tiles it for mode=whole."""
+    return plan_tiles(read_image(path).rgb, tile=tile, mode="whole").tiles[0]
 
 
 def measure(session: ort.InferenceSession, tile: np.ndarray, batch: int, seconds: float) -> dict[str, float]:

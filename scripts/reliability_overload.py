@@ -45,7 +45,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -58,6 +57,9 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+
+from service import localserver
+from service.localserver import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "weights" / "pspnet_camvid.onnx"
@@ -87,12 +89,6 @@ class Result:
 
 # -- the server --------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(model: Path, port: int, extra: list[str], log: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "service.cli", "--model", str(model), "--host", "127.0.0.1",
            "--port", str(port), "--log-level", "warning", *extra]
@@ -101,17 +97,11 @@ def start_server(model: Path, port: int, extra: list[str], log: Path) -> subproc
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], seconds: float = 120) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited during start-up with {proc.returncode}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("server not ready in time")
+    """Until ``url``/readyz answers; a server that never gets there ends the run with its reason."""
+    try:
+        localserver.wait_ready(url + "/readyz", proc, seconds=seconds, interval=0.2)
+    except localserver.ServerNotReady as e:
+        raise SystemExit(str(e)) from None
 
 
 def proc_status(pid: int) -> tuple[int, int]:

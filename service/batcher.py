@@ -11,10 +11,11 @@ Policy:
   after its oldest tile was queued, whichever comes first. Tiles that already
   waited behind a running batch leave at once.
 - Admission is all or nothing, decided at once: more tiles than the queue can
-  ever hold -> :class:`PayloadTooLarge`; not enough room now, or work queued
-  ahead that by the recent time per tile would outlast the request's deadline
-  or ``max_queue_delay_s`` -> :class:`Overloaded` with a Retry-After
-  estimated from the queue depth and that time per tile; after :meth:`TileBatcher.stop` began ->
+  ever hold -> :class:`PayloadTooLarge`; not enough room now in tiles or in
+  time (``max_queue_delay_s`` of work ahead at the recent time per tile), or
+  work ahead that would outlast the request's deadline -> :class:`Overloaded`
+  with a Retry-After estimated from the queue depth and that time per tile;
+  after :meth:`TileBatcher.stop` began ->
   :class:`NotReady` (503, the process is going away).
 - A request whose deadline passes gets :class:`DeadlineExceeded`; one whose
   awaiting task is cancelled (the client went away) re-raises the cancellation.
@@ -168,10 +169,10 @@ class TileBatcher:
         if loop.time() >= deadline:
             self._reject("deadline")
             raise DeadlineExceeded("the deadline passed before the tiles were queued")
-        if self._queued + n > self.max_queue_tiles:
+        refusal = self._room_refusal(n)
+        if refusal is not None:
             self._reject("overloaded")
-            raise Overloaded(f"{self._queued} tiles queued, no room for {n} more",
-                             retry_after=self.retry_after(n))
+            raise Overloaded(refusal, retry_after=self.retry_after(n))
         eta = self._eta(n)
         if self._queued and eta is not None and loop.time() + eta > deadline:
             # Room in the queue, but not in time: by the measured speed the work ahead would make
@@ -181,14 +182,6 @@ class TileBatcher:
             left = deadline - loop.time()
             raise Overloaded(f"about {eta:.1f} s of work is queued, more than the {left:.1f} s left to "
                              f"this request's deadline", retry_after=self.retry_after(n))
-        ahead = self._eta(0)
-        if self._queued and ahead is not None and ahead > self.max_queue_delay:
-            # The queue's bound in time: the tile bound alone means seconds on a GPU and most
-            # of a minute on a small CPU; this keeps the wait of an accepted request (and the
-            # backlog left when a burst ends) the same on both.
-            self._reject("overloaded")
-            raise Overloaded(f"about {ahead:.1f} s of work is queued; the queue holds at most "
-                             f"{self.max_queue_delay:g} s", retry_after=self.retry_after(n))
         r = _Request(tiles, loop.create_future(), loop.time(), deadline)
         self._queue.append(r)
         self._queued += n
@@ -211,12 +204,25 @@ class TileBatcher:
         overload that work would be spent on requests refused anyway, on the same cores the model
         needs (scripts/reliability_overload.py measured about 20% of capacity lost to it).
         """
-        ahead = self._eta(0)
-        full = self._queued >= self.max_queue_tiles
-        if full or (self._queued and ahead is not None and ahead > self.max_queue_delay):
+        refusal = self._room_refusal(1)
+        if refusal is not None:
             self._reject("overloaded")
-            raise Overloaded(f"{self._queued} tiles queued (about {ahead or 0:.1f} s of work): no room now",
-                             retry_after=self.retry_after(1))
+            raise Overloaded(f"no room now: {refusal}", retry_after=self.retry_after(1))
+
+    def _room_refusal(self, n: int) -> str | None:
+        """Why ``n`` more tiles do not fit the queue's bounds now, in tiles or in time; None if they do.
+
+        The bound in time: the tile bound alone means seconds on a GPU and most of a minute on a
+        small CPU; ``max_queue_delay_s`` keeps the wait of an accepted request (and the backlog
+        left when a burst ends) the same on both.
+        """
+        if self._queued + n > self.max_queue_tiles:
+            return f"{self._queued} tiles queued, no room for {n} more"
+        ahead = self._eta(0)
+        if self._queued and ahead is not None and ahead > self.max_queue_delay:
+            return (f"about {ahead:.1f} s of work is queued; the queue holds at most "
+                    f"{self.max_queue_delay:g} s")
+        return None
 
     def retry_after(self, extra_tiles: int = 0) -> int:
         """Seconds until the queue (plus ``extra_tiles``) would likely have run, 1..60."""

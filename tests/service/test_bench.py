@@ -24,8 +24,8 @@ from starlette.routing import Route
 from service.bench import bench_main, is_loopback, run_bench
 from service.benchprobe import batch_sizes, parse_metrics, read_cpu_seconds, read_rss
 from service.loadgen import OVERFLOW, LoadSpec, arrival_times, parse_server_timing, run_load
+from service.localserver import free_port
 from tests.service.api_client import png_bytes, serving
-from tests.service.process import free_port
 from tests.service.tiny_model import build_tiny_artifact
 
 SERVICE_SECONDS = 0.05

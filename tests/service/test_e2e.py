@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.localserver import free_port, wait_ready
 from tests.service.api_client import png_bytes
-from tests.service.process import free_port, wait_ready
 from tests.service.tiny_model import build_tiny_artifact
 
 
@@ -33,7 +33,7 @@ def test_segment_over_a_socket_then_sigterm(tmp_path: Path) -> None:
     proc = _serve(model, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, proc)
+        wait_ready(url + "/readyz", proc)
         r = httpx.post(url + "/v1/segment?output=label", content=png_bytes(50, 70),
                        headers={"content-type": "image/png", "x-request-id": "e2e-1"}, timeout=30)
         assert r.status_code == 200 and r.headers["x-request-id"] == "e2e-1"

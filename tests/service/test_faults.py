@@ -31,9 +31,9 @@ from service.app import create_app
 from service.batcher import TileBatcher
 from service.engine import Engine
 from service.errors import Overloaded
+from service.localserver import free_port, wait_ready
 from service.settings import Settings
 from tests.service.api_client import metric_samples, png_bytes, serving
-from tests.service.process import free_port, wait_ready
 from tests.service.tiny_model import build_tiny_artifact
 
 PROBLEM = "application/problem+json"
@@ -286,7 +286,7 @@ def test_sigterm_under_load_finishes_accepted_requests_and_refuses_new(tmp_path:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env={**os.environ, "PSPNET_LOG_LEVEL": "info", "GATE_FILE": str(gate)})
     try:
-        wait_ready(url, proc)
+        wait_ready(url + "/readyz", proc)
 
         def segment(i: int) -> int:
             with httpx.Client(timeout=60) as client:  # one connection each
