@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import service.app
 from service.engine import Engine, session_options
+from tests.service.api_client import serving
 from tests.service.tiny_model import build_tiny_artifact
 
 SPIN_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
@@ -37,11 +40,6 @@ def test_engine_runs_either_way(tmp_path: Path, spin: bool) -> None:
 def test_the_setting_reaches_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         setting: bool) -> None:
     """PSPNET_ORT_SPIN is what the served engine's sessions get (default: off)."""
-    import asyncio
-
-    import service.app
-    from tests.service.api_client import serving
-
     seen: list[bool] = []
 
     class Recording(Engine):
