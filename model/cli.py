@@ -1,4 +1,5 @@
-"""``pspnet-model``: train, convert and export PSPNet checkpoints; quantise artifacts to int8."""
+"""``pspnet-model``: train, convert and export PSPNet checkpoints; quantise artifacts to int8;
+add the ``labels`` output to artifacts exported before it existed."""
 
 from __future__ import annotations
 
@@ -156,6 +157,10 @@ def _run_convert(args: argparse.Namespace) -> int:
     h, w = result.tile
     print(f"parity: ONNX Runtime vs PyTorch on 2 random {h}x{w} tiles: max |diff| {result.max_abs_error:.2e} "
           f"(logits up to {result.reference_max:.3g}, tolerance {result.tolerance:.1e})")
+    near_ties = (f"; the other {result.label_flips} are near-ties (two best logits within 2x that diff)"
+                 if result.label_flips else "")
+    print(f"labels: the graph's equal PyTorch's argmax on {result.label_pixels - result.label_flips} of "
+          f"{result.label_pixels} pixels{near_ties}")
     print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB; export {result.export_seconds:.1f} s, "
           f"check {result.check_seconds:.1f} s)")
     return 0
@@ -199,6 +204,30 @@ def _run_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_add_labels(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("add-labels", help="append the in-graph labels output to an artifact that lacks it "
+                       "(logits stay bit-identical)")
+    p.add_argument("--model", type=Path, required=True, help="the .onnx artifact")
+    p.add_argument("--output", type=Path, required=True, help="the .onnx file to write (may be --model)")
+
+
+def _run_add_labels(args: argparse.Namespace) -> int:
+    from model.export import ExportError, add_labels
+    from service.artifact import ArtifactError
+
+    try:
+        size = add_labels(args.model, args.output)
+    except ArtifactError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ExportError as e:
+        print(f"error: refused: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output} ({size / 1e6:.1f} MB): logits bit-identical to the input's on 2 random "
+          "tiles, labels their argmax")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="pspnet-model", description=__doc__)
@@ -206,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_convert(sub)
     _add_quantize(sub)
+    _add_add_labels(sub)
     args = parser.parse_args(argv)
     if args.command == "train":
         return _run_train(args)
@@ -213,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_convert(args)
     if args.command == "quantize":
         return _run_quantize(args)
+    if args.command == "add-labels":
+        return _run_add_labels(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -2,10 +2,14 @@
 
 The graph takes ``image`` float32 ``[N, 3, H, W]`` (RGB, 0..255, fixed tile,
 dynamic batch), normalises it inside, and returns ``logits`` ``[N, C, H, W]``
-at full tile resolution. ``metadata_props["pspnet"]`` holds the
-:class:`service.artifact.ArtifactMeta` JSON. The exporter checks its own work:
-ONNX checker, then ONNX Runtime against eager PyTorch on a random batch of 2;
-beyond tolerance nothing is written.
+at full tile resolution and ``labels`` ``[N, H, W]``, their argmax over classes
+(first class on ties; uint8, uint16 beyond 256 classes), appended to the
+exported graph by :func:`service.artifact.add_labels_output`.
+``metadata_props["pspnet"]`` holds the :class:`service.artifact.ArtifactMeta`
+JSON. The exporter checks its own work: ONNX checker, then ONNX Runtime against
+eager PyTorch on a random batch of 2 (logits within tolerance; labels equal to
+PyTorch's argmax wherever the measured logit error cannot swap the two best
+classes); on any failure nothing is written.
 """
 
 from __future__ import annotations
@@ -31,7 +35,19 @@ from torch import nn
 
 from model.datasets import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from model.pspnet import PSPNet
-from service.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ArtifactMeta, Protocol, parse_meta
+from service.artifact import (
+    INPUT_NAME,
+    LABELS_NAME,
+    METADATA_KEY,
+    OUTPUT_NAME,
+    ArtifactError,
+    ArtifactMeta,
+    Protocol,
+    add_labels_output,
+    parse_meta,
+    read_meta,
+    read_outputs,
+)
 
 log = logging.getLogger("pspnet.export")
 Progress = Callable[[str], None]
@@ -61,6 +77,8 @@ class ExportReport:
     max_abs_error: float  # ONNX Runtime vs eager PyTorch, batch of 2 random tiles
     reference_max: float  # largest |logit| of the eager run, for scale
     tolerance: float
+    label_pixels: int  # pixels of the parity batch
+    label_flips: int  # of those, ORT's labels differ from PyTorch's argmax (all at near-ties)
     export_seconds: float  # torch.onnx.export and ONNX checker
     exporter: Exporter
     check_seconds: float  # ONNX Runtime and eager PyTorch runs
@@ -169,19 +187,21 @@ def _declare_output(proto: onnx.ModelProto, tile: tuple[int, int], classes: int)
 
 
 def _check_signature(proto: onnx.ModelProto, tile: tuple[int, int], classes: int) -> None:
-    """One input ``image`` [batch, 3, H, W] with a symbolic batch; one output ``logits``."""
+    """One input ``image`` [batch, 3, H, W] with a symbolic batch; outputs ``logits``
+    [batch, C, H, W] and ``labels`` [batch, H, W], one batch symbol throughout."""
     inits = {t.name for t in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in inits]
     outputs = list(proto.graph.output)
-    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
+    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME, LABELS_NAME]:
         raise ExportError(f"graph signature {[i.name for i in inputs]} -> {[o.name for o in outputs]}, "
-                          f"expected [{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]")
-    for value, channels in ((inputs[0], 3), (outputs[0], classes)):
+                          f"expected [{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}, {LABELS_NAME!r}]")
+    batch = inputs[0].type.tensor_type.shape.dim[0].dim_param if inputs[0].type.tensor_type.shape.dim else ""
+    for value, inner in ((inputs[0], [3, *tile]), (outputs[0], [classes, *tile]), (outputs[1], list(tile))):
         dims = value.type.tensor_type.shape.dim
         static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-        if len(dims) != 4 or not dims[0].dim_param or static[1:] != [channels, *tile]:
+        if len(dims) != 1 + len(inner) or not batch or dims[0].dim_param != batch or static[1:] != inner:
             raise ExportError(f"{value.name} has shape {[d.dim_param or d.dim_value for d in dims]}, "
-                              f"expected [batch, {channels}, {tile[0]}, {tile[1]}]")
+                              f"expected [batch, {', '.join(map(str, inner))}]")
     external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     if external:
         raise ExportError(f"{len(external)} initializers use external data; the artifact must be one file")
@@ -215,6 +235,7 @@ def export_onnx(model: PSPNet, meta: ArtifactMeta, path: Path | str, *, atol: fl
     proto.metadata_props.add(key=METADATA_KEY, value=raw_meta)
     step("checking the graph")
     _declare_output(proto, tile, meta.num_classes)
+    add_labels_output(proto.graph, meta.num_classes)
     _check_signature(proto, tile, meta.num_classes)
     blob = proto.SerializeToString()
     if len(blob) > _PROTOBUF_LIMIT:
@@ -226,7 +247,7 @@ def export_onnx(model: PSPNet, meta: ArtifactMeta, path: Path | str, *, atol: fl
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     batch = (rng.random((2, 3, *tile), dtype=np.float32) * 255.0).astype(np.float32)
-    got = run_onnx(blob, batch)
+    got, labels = run_onnx_outputs(blob, batch)
     with torch.no_grad():
         want = ServingGraph(model.eval(), meta.mean, meta.std)(torch.from_numpy(batch)).numpy()
     if got.shape != want.shape:
@@ -234,20 +255,89 @@ def export_onnx(model: PSPNet, meta: ArtifactMeta, path: Path | str, *, atol: fl
     error = float(np.abs(got.astype(np.float64) - want).max())
     reference_max = float(np.abs(want).max())
     tolerance = atol + rtol * reference_max
-    check_seconds = time.perf_counter() - start
     if not math.isfinite(error) or error > tolerance:
         raise ExportError(f"ONNX Runtime differs from PyTorch by {error:.3g} (tolerance {tolerance:.3g}); "
                           "nothing written")
+    flips = _check_labels(labels, got, want, error)
+    check_seconds = time.perf_counter() - start
 
     step("writing")
+    _write(path, blob)
+    log.info("wrote %s: %d bytes, parity %.3g", path, len(blob), error)
+    return ExportReport(path=path, tile=tile, max_abs_error=error, reference_max=reference_max,
+                        tolerance=tolerance, label_pixels=labels.size, label_flips=flips,
+                        export_seconds=export_seconds, exporter=exporter, check_seconds=check_seconds,
+                        bytes=len(blob))
+
+
+def _write(path: Path, blob: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(blob)
     tmp.replace(path)  # atomic: a reader never sees half an artifact
-    log.info("wrote %s: %d bytes, parity %.3g", path, len(blob), error)
-    return ExportReport(path=path, tile=tile, max_abs_error=error, reference_max=reference_max,
-                        tolerance=tolerance, export_seconds=export_seconds, exporter=exporter,
-                        check_seconds=check_seconds, bytes=len(blob))
+
+
+def add_labels(src: Path, dst: Path, *, seed: int = 0) -> int:
+    """Write the artifact ``src`` to ``dst`` with the ``labels`` output appended; returns its size.
+    An ``src`` that is no artifact, or has ``labels`` already, raises ArtifactError.
+
+    For artifacts exported before ``labels`` existed: everything else (weights,
+    graph, metadata) is kept as it is, so the logits are bit-identical, which a
+    re-export need not give (PyTorch folds batch norms into convolutions with
+    CPU-dependent rounding). Checked on 2 random tiles: the same logits as ``src``,
+    bit for bit, and labels equal to their argmax. ``dst`` may be ``src``.
+    """
+    meta, outputs = read_meta(src), read_outputs(src)
+    if outputs.has_labels:
+        raise ArtifactError(f"{src} already has a {LABELS_NAME!r} output")
+    proto = onnx.load(str(src))
+    add_labels_output(proto.graph, meta.num_classes)
+    onnx.checker.check_model(proto, full_check=True)
+    blob = proto.SerializeToString()
+    batch = np.random.default_rng(seed).random((2, 3, *meta.tile), dtype=np.float32) * np.float32(255)
+    logits, labels = run_onnx_outputs(blob, batch)
+    if not np.array_equal(logits, run_onnx(src, batch)):
+        raise ExportError(f"appending {LABELS_NAME!r} changed the logits; nothing written")
+    _check_labels(labels, logits, logits, 0.0)
+    _write(dst, blob)
+    return len(blob)
+
+
+def _check_labels(labels: np.ndarray, got: np.ndarray, want: np.ndarray, error: float) -> int:
+    """``labels`` (ORT) against the logits; returns how many differ from PyTorch's argmax.
+
+    Against ORT's own logits they must be equal everywhere: that is what the two
+    nodes compute. Against PyTorch's, a pixel may differ only where its two best
+    logits are within 2 * ``error`` (each may be off by ``error``, in opposite
+    directions). Given the first check and the logit bound the second cannot fail
+    by itself; it states the end-to-end guarantee and counts the legitimate flips.
+    """
+    n, classes, h, w = got.shape
+    expected = np.uint8 if classes <= 256 else np.uint16
+    if labels.dtype != expected or labels.shape != (n, h, w):
+        raise ExportError(f"{LABELS_NAME!r} is {labels.dtype} {labels.shape}, expected "
+                          f"{np.dtype(expected).name} {(n, h, w)}; nothing written")
+    if not np.array_equal(labels, got.argmax(axis=1)):
+        raise ExportError(f"{LABELS_NAME!r} differs from the argmax of {OUTPUT_NAME!r} on "
+                          f"{int(np.count_nonzero(labels != got.argmax(axis=1)))} pixels; nothing written")
+    differ = labels != want.argmax(axis=1)
+    if not differ.any():
+        return 0
+    top2 = np.partition(want.astype(np.float64), classes - 2, axis=1)[:, classes - 2:]
+    swappable = top2[:, 1] - top2[:, 0] <= 2 * error
+    unexplained = int(np.count_nonzero(differ & ~swappable))
+    if unexplained:
+        raise ExportError(f"{LABELS_NAME!r} differs from PyTorch's argmax on {unexplained} pixels whose two "
+                          f"best logits are more than 2 x {error:.3g} apart; nothing written")
+    return int(np.count_nonzero(differ))
+
+
+def run_onnx_outputs(model: bytes | Path, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits, labels)`` from ONNX Runtime on CPU (the reference provider for parity)."""
+    source = model if isinstance(model, bytes) else str(model)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    logits, labels = session.run([OUTPUT_NAME, LABELS_NAME], {INPUT_NAME: batch})
+    return logits, labels
 
 
 def run_onnx(model: bytes | Path, batch: np.ndarray) -> np.ndarray:

@@ -15,6 +15,12 @@ serves it like any other artifact. The float32 artifact stays the reference
 for parity with the official code: int8 changes logits, so it is checked by
 what it predicts (label agreement with float32 on the calibration tiles),
 not by a logit bound.
+
+The ``labels`` output (the argmax of ``logits``) is taken off before
+quantisation and appended again afterwards, to the int8 graph's float
+``logits``: ArgMax stays a float op outside every Q/DQ pair, whatever a
+version of the quantiser would do with it, calibration sees only the network,
+and an artifact exported before ``labels`` existed gets them too.
 """
 
 from __future__ import annotations
@@ -40,7 +46,16 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from service.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ArtifactMeta, parse_meta, read_meta
+from service.artifact import (
+    INPUT_NAME,
+    LABELS_NAME,
+    METADATA_KEY,
+    OUTPUT_NAME,
+    ArtifactMeta,
+    add_labels_output,
+    parse_meta,
+    read_meta,
+)
 from service.folders import IMAGE_SUFFIXES
 
 Progress = Callable[[], None]
@@ -103,6 +118,41 @@ def _labels(model: Path | bytes, tiles: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([session.run([OUTPUT_NAME], {INPUT_NAME: t})[0].argmax(axis=1) for t in tiles])
 
 
+def _checked_labels(model: bytes, tiles: Sequence[np.ndarray]) -> np.ndarray:
+    """The graph's ``labels`` output, which must be exactly the argmax of its own ``logits``."""
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    out = []
+    for tile in tiles:
+        logits, labels = session.run([OUTPUT_NAME, LABELS_NAME], {INPUT_NAME: tile})
+        if not np.array_equal(labels, logits.argmax(axis=1)):
+            raise QuantizeError(f"the int8 graph's {LABELS_NAME!r} differ from the argmax of its "
+                                f"{OUTPUT_NAME!r}; nothing written")
+        out.append(labels)
+    return np.stack(out)
+
+
+def without_labels(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``proto`` without the ``labels`` output and its two nodes (Cast of ArgMax,
+    as :func:`service.artifact.read_meta` has checked); ``proto`` itself if it has none."""
+    if not any(o.name == LABELS_NAME for o in proto.graph.output):
+        return proto
+    bare = onnx.ModelProto()
+    bare.CopyFrom(proto)
+    g = bare.graph
+    cast = next(n for n in g.node if LABELS_NAME in n.output)
+    argmax = next(n for n in g.node if cast.input[0] in n.output)
+    dropped = {*cast.output, *argmax.output}
+    if any(set(n.input) & dropped for n in g.node if LABELS_NAME not in n.output):
+        raise QuantizeError(f"the graph uses its {LABELS_NAME!r} head for more than that output")
+    nodes = [n for n in g.node if not set(n.output) & dropped]
+    outputs = [o for o in g.output if o.name != LABELS_NAME]
+    infos = [v for v in g.value_info if v.name not in dropped]
+    for field, kept in ((g.node, nodes), (g.output, outputs), (g.value_info, infos)):
+        del field[:]
+        field.extend(kept)
+    return bare
+
+
 def quantized_meta(meta: ArtifactMeta, images: Sequence[Path], float_sha256: str) -> ArtifactMeta:
     """``meta`` of the float artifact, marked as quantised from it."""
     source = {**meta.source, "quantization": {
@@ -126,9 +176,10 @@ def quantize_artifact(src: Path, dst: Path, images: Sequence[Path], *,
     tiles = [calibration_tile(p, meta.tile) for p in images]
     float_sha = hashlib.sha256(src.read_bytes()).hexdigest()
     with tempfile.TemporaryDirectory(prefix="pspnet-quant-") as tmp:
-        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        bare, pre, out = Path(tmp) / "float.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(without_labels(onnx.load(str(src))), str(bare))
         # skip_symbolic_shape: every shape but the batch is fixed, plain ONNX inference suffices
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quant_pre_process(str(bare), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(out), _Tiles(tiles, tick), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
@@ -136,8 +187,10 @@ def quantize_artifact(src: Path, dst: Path, images: Sequence[Path], *,
     del proto.metadata_props[:]  # the tools' own bookkeeping keys; ours is set anew
     qmeta = quantized_meta(meta, images, float_sha)
     proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(qmeta.to_json()))
+    add_labels_output(proto.graph, meta.num_classes)  # on the dequantised logits: a float ArgMax
+    onnx.checker.check_model(proto, full_check=True)
     blob = proto.SerializeToString()
-    agreement = float(np.mean(_labels(blob, tiles) == _labels(src, tiles)))
+    agreement = float(np.mean(_checked_labels(blob, tiles) == _labels(src, tiles)))
     dst.parent.mkdir(parents=True, exist_ok=True)
     partial = dst.with_name(dst.name + ".partial")
     partial.write_bytes(blob)

@@ -1,9 +1,17 @@
-"""The ONNX artifact contract, read side (DESIGN.md "The seam").
+"""The ONNX artifact contract (DESIGN.md "The seam").
 
 ``model/`` writes one ``.onnx`` file whose ``metadata_props["pspnet"]`` is the
 JSON described by :class:`ArtifactMeta`; this module validates it and is the
 only place the service learns classes, palette, tile, normalisation and
 protocol defaults from. Nothing here imports ONNX Runtime or torch.
+
+Outputs: ``logits`` float32 ``[N, C, H, W]`` always; ``labels`` ``[N, H, W]``
+optionally (artifacts exported before it have only ``logits``). ``labels`` is
+``ArgMax(logits, axis=1, keepdims=0, select_last_index=0)`` cast in the graph to
+uint8 when C <= 256, else uint16: the first class wins a tie, as in
+:func:`service.argmax.argmax_classes`. :func:`read_outputs` says which form a
+file is; :func:`add_labels_output` is the one definition of those two nodes,
+used by every writer (exporter, quantiser, the tests' hand-built graphs).
 """
 
 from __future__ import annotations
@@ -13,11 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import onnx
+from onnx import TensorProto, helper
 
 METADATA_KEY = "pspnet"
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+LABELS_NAME = "labels"
 Mode = Literal["whole", "slide", "multiscale"]
 MODES: tuple[Mode, ...] = ("whole", "slide", "multiscale")
 MULTISCALE = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -127,8 +138,85 @@ def parse_meta(raw: str) -> ArtifactMeta:
     )
 
 
-def read_meta(path: Path) -> ArtifactMeta:
-    """Read and check an artifact's metadata and its input/output signature."""
+LabelDtype = type[np.uint8] | type[np.uint16]
+
+
+def _labels_dtype(num_classes: int) -> LabelDtype:
+    """The ``labels`` output's dtype: uint8 up to 256 classes, uint16 beyond."""
+    if not 1 <= num_classes <= 65536:
+        raise ArtifactError(f"labels of {num_classes} classes fit no label dtype")
+    return np.uint8 if num_classes <= 256 else np.uint16
+
+
+_ONNX_LABEL_TYPES = {np.uint8: TensorProto.UINT8, np.uint16: TensorProto.UINT16}
+
+
+@dataclass(frozen=True)
+class ArtifactOutputs:
+    """What the graph returns: ``logits`` always, ``labels`` when :attr:`labels_dtype` is set."""
+
+    labels_dtype: LabelDtype | None = None  # None: an artifact with ``logits`` only
+
+    @property
+    def has_labels(self) -> bool:
+        return self.labels_dtype is not None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The contract's outputs this file has, in fetch order."""
+        return (OUTPUT_NAME, LABELS_NAME) if self.has_labels else (OUTPUT_NAME,)
+
+
+def add_labels_output(graph: onnx.GraphProto, num_classes: int) -> None:
+    """Append ``labels = Cast(ArgMax(logits, axis=1, keepdims=0, select_last_index=0))``
+    and declare it ``[batch, H, W]`` with the batch and tile of the ``logits`` output."""
+    logits = next((o for o in graph.output if o.name == OUTPUT_NAME), None)
+    if logits is None or any(o.name == LABELS_NAME for o in graph.output):
+        raise ArtifactError(f"need a {OUTPUT_NAME!r} output and no {LABELS_NAME!r} output yet")
+    dims = logits.type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise ArtifactError(f"{OUTPUT_NAME!r} must be declared [N, C, H, W]")
+    shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in dims]
+    argmax = f"{LABELS_NAME}_int64"
+    graph.node.extend([
+        helper.make_node("ArgMax", [OUTPUT_NAME], [argmax], name=f"{LABELS_NAME}/ArgMax", axis=1,
+                         keepdims=0, select_last_index=0),
+        helper.make_node("Cast", [argmax], [LABELS_NAME], name=f"{LABELS_NAME}/Cast",
+                         to=_ONNX_LABEL_TYPES[_labels_dtype(num_classes)]),
+    ])
+    graph.output.append(helper.make_tensor_value_info(
+        LABELS_NAME, _ONNX_LABEL_TYPES[_labels_dtype(num_classes)], [shape[0], shape[2], shape[3]]))
+
+
+def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == name), default)
+
+
+def _check_labels(graph: onnx.GraphProto, value: onnx.ValueInfoProto, meta: ArtifactMeta) -> LabelDtype:
+    """Declared [N, H, W] of the class count's dtype, and computed as the contract says."""
+    dtype = _labels_dtype(meta.num_classes)
+    elem = value.type.tensor_type.elem_type
+    if elem != _ONNX_LABEL_TYPES[dtype]:
+        raise ArtifactError(f"output {LABELS_NAME!r} is {TensorProto.DataType.Name(elem).lower()}, expected "
+                            f"{np.dtype(dtype).name} for {meta.num_classes} classes")
+    dims = value.type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if len(shape) != 3 or tuple(shape[1:]) != meta.tile:
+        raise ArtifactError(f"output {LABELS_NAME!r} has shape {shape}, expected [N, {meta.tile[0]}, "
+                            f"{meta.tile[1]}]")
+    # the server serves these labels in place of its own argmax: the graph must compute exactly that
+    producer = {out: node for node in graph.node for out in node.output}
+    cast = producer.get(LABELS_NAME)
+    argmax = producer.get(cast.input[0]) if cast is not None and cast.op_type == "Cast" else None
+    if (argmax is None or argmax.op_type != "ArgMax" or list(argmax.input) != [OUTPUT_NAME]
+            or _attr(argmax, "axis", 0) not in (1, -3) or _attr(argmax, "keepdims", 1) != 0
+            or _attr(argmax, "select_last_index", 0) != 0):
+        raise ArtifactError(f"output {LABELS_NAME!r} is not Cast(ArgMax({OUTPUT_NAME}, axis=1, keepdims=0, "
+                            "select_last_index=0))")
+    return dtype
+
+
+def _read(path: Path) -> tuple[ArtifactMeta, ArtifactOutputs]:
     if not path.is_file():
         raise ArtifactError(f"model file not found: {path}")
     try:
@@ -149,4 +237,16 @@ def read_meta(path: Path) -> ArtifactMeta:
     shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if len(shape) != 4 or shape[1] != 3 or tuple(shape[2:]) != meta.tile:
         raise ArtifactError(f"input shape {shape} does not match [N, 3, {meta.tile[0]}, {meta.tile[1]}]")
-    return meta
+    labels = next((o for o in m.graph.output if o.name == LABELS_NAME), None)
+    dtype = None if labels is None else _check_labels(m.graph, labels, meta)
+    return meta, ArtifactOutputs(labels_dtype=dtype)
+
+
+def read_meta(path: Path) -> ArtifactMeta:
+    """Read and check an artifact's metadata and its input/output signature (``labels`` included)."""
+    return _read(path)[0]
+
+
+def read_outputs(path: Path) -> ArtifactOutputs:
+    """Which outputs the artifact has, after the same checks as :func:`read_meta`."""
+    return _read(path)[1]

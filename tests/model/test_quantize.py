@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 
 from model.cli import main
-from model.quantize import QuantizeError, calibration_tile, pick_images, quantize_artifact
-from service.artifact import INPUT_NAME, OUTPUT_NAME, read_meta
+from model.quantize import QuantizeError, calibration_tile, pick_images, quantize_artifact, without_labels
+from service.artifact import INPUT_NAME, LABELS_NAME, OUTPUT_NAME, read_meta, read_outputs
 from service.engine import Engine
 from tests.service.tiny_model import build_tiny_artifact
 
@@ -68,9 +68,12 @@ def test_the_graph_is_int8_and_keeps_the_contract(setup: tuple[Path, Path, Path]
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert any(t.data_type == onnx.TensorProto.INT8 for t in proto.graph.initializer)  # the conv weights
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    (inp,), (outp,) = session.get_inputs(), session.get_outputs()
+    (inp,), (outp, labels) = session.get_inputs(), session.get_outputs()
     assert (inp.name, inp.type, outp.name, outp.type) == (INPUT_NAME, "tensor(float)", OUTPUT_NAME,
                                                           "tensor(float)")
+    # the float artifact had no labels (exported before they existed): the int8 one has them
+    assert not read_outputs(src).has_labels and read_outputs(out).labels_dtype is np.uint8
+    assert (labels.name, labels.type, labels.shape[1:]) == (LABELS_NAME, "tensor(uint8)", list(TILE))
     meta, float_meta = read_meta(out), read_meta(src)
     assert meta.name == "tiny-int8" and meta.metrics == {}
     assert (meta.classes, meta.tile, meta.protocol) == (float_meta.classes, float_meta.tile,
@@ -78,6 +81,43 @@ def test_the_graph_is_int8_and_keeps_the_contract(setup: tuple[Path, Path, Path]
     q = meta.source["quantization"]
     assert q["calibration_images"] == 4 and len(q["float_artifact_sha256"]) == 64
     assert [p.key for p in proto.metadata_props] == ["pspnet"]  # no tool bookkeeping left
+
+
+def test_argmax_stays_a_float_op_on_the_dequantised_logits(setup: tuple[Path, Path, Path]) -> None:
+    proto = onnx.load(str(setup[2]))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    consumers = {name: [n.op_type for n in proto.graph.node if name in n.input]
+                 for name in (OUTPUT_NAME, producer[LABELS_NAME].input[0])}
+    assert producer[LABELS_NAME].op_type == "Cast"
+    assert producer[producer[LABELS_NAME].input[0]].op_type == "ArgMax"
+    assert producer[OUTPUT_NAME].op_type == "DequantizeLinear"  # float logits, read by ArgMax alone
+    assert consumers == {OUTPUT_NAME: ["ArgMax"], "labels_int64": ["Cast"]}
+
+
+def test_int8_labels_are_the_argmax_of_int8_logits(setup: tuple[Path, Path, Path]) -> None:
+    _, images, out = setup
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    tiles = np.concatenate([calibration_tile(p, TILE) for p in sorted(images.glob("*.png"))])
+    logits, labels = session.run([OUTPUT_NAME, LABELS_NAME], {INPUT_NAME: tiles})  # batch of 6
+    assert labels.dtype == np.uint8 and labels.shape == (6, *TILE)
+    assert np.array_equal(labels, logits.argmax(axis=1))
+    # uint8 logits tie often; the first class wins, as in the server's argmax
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    assert np.count_nonzero(top2[:, 0] == top2[:, 1]) > 0
+
+
+def test_a_float_artifact_with_labels_quantises_to_the_same_graph(setup: tuple[Path, Path, Path],
+                                                                   tmp_path: Path) -> None:
+    """The labels head is taken off before the quantiser and put back after: the int8 network is
+    the same whether the float artifact had labels or not (only the float file's hash differs)."""
+    src, images, out = setup
+    labelled = build_tiny_artifact(tmp_path / "labelled.onnx", tile=TILE, with_labels=True)
+    stripped = without_labels(onnx.load(str(labelled)))
+    assert stripped.graph == onnx.load(str(src)).graph
+    again = tmp_path / "int8.onnx"
+    quantize_artifact(labelled, again, pick_images(images, 4))
+    assert onnx.load(str(again)).graph == onnx.load(str(out)).graph
+    assert read_outputs(again).labels_dtype is np.uint8
 
 
 def test_int8_logits_stay_close_to_float32(setup: tuple[Path, Path, Path]) -> None:

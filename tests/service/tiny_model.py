@@ -5,7 +5,8 @@ float32 ``[N, 3, H, W]`` (raw 0..255, normalised inside the graph), N dynamic,
 H and W fixed; one output ``logits`` ``[N, C, H, W]`` at full tile resolution;
 ``pspnet`` metadata. The graph is normalise -> 3x3 conv stride 2 -> bilinear
 resize x2, so outputs vary over the image and between batch items, and every
-value is cheap to recompute in numpy.
+value is cheap to recompute in numpy. ``with_labels=True`` adds the optional
+``labels`` output ``[N, H, W]`` (ArgMax + Cast, as the exporter writes it).
 
 Import it as ``from tests.service.tiny_model import build_tiny_artifact``.
 """
@@ -19,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ArtifactMeta, Protocol
+from service.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ArtifactMeta, Protocol, add_labels_output
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -47,8 +48,8 @@ def tiny_weights(num_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
 
 
 def build_tiny_artifact(path: Path, *, tile: tuple[int, int] = (32, 48), num_classes: int = 5,
-                        name: str = "tiny") -> Path:
-    """Write the tiny artifact to ``path`` and return ``path``."""
+                        name: str = "tiny", with_labels: bool = False) -> Path:
+    """Write the tiny artifact to ``path`` and return ``path``; ``with_labels`` adds the ``labels`` output."""
     h, w = tile
     if h % 2 or w % 2:
         raise ValueError("the tiny graph halves then doubles the tile: use even sizes")
@@ -74,6 +75,8 @@ def build_tiny_artifact(path: Path, *, tile: tuple[int, int] = (32, 48), num_cla
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", num_classes, h, w])],
         initializer=inits,
     )
+    if with_labels:
+        add_labels_output(graph, num_classes)
     # IR 8 / opset 17: loadable by every onnxruntime the project supports (>= 1.18).
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8,
                               producer_name="tests.service.tiny_model")
