@@ -1,8 +1,9 @@
-"""The paper's inference protocols as pure functions: image -> tiles, tile logits -> probabilities.
+"""The paper's inference protocols as pure functions: image -> tiles, tile logits -> probabilities or labels.
 
 Every mode turns an image into tiles of the model's fixed input size, so the
 batcher can mix tiles of different requests; the stitcher turns the model's
-logits for those tiles back into per-pixel probabilities of the original image.
+logits for those tiles back into per-pixel probabilities or labels of the
+original image.
 
 ``slide`` and ``multiscale`` are the official procedure (hszhao/semseg
 ``tool/test.py``: ``test``, ``scale_process``, ``net_process``), step for step:
@@ -14,12 +15,21 @@ logits for those tiles back into per-pixel probabilities of the original image.
 * softmax over classes per tile in float32; the mirror's probabilities mirrored
   back and the pair averaged, ``(p + mirror(q)) / 2``, in float32;
 * window probabilities summed in float64 and divided by the number of windows
-  covering each pixel; padding cropped; the float64 probabilities resized to
-  the original size (``cv2.INTER_LINEAR``); summed over scales and divided by
-  their count.
+  covering each pixel; padding cropped (:mod:`service.stitch_probs`); the
+  float64 probabilities resized to the original size (``cv2.INTER_LINEAR``);
+  summed over scales and divided by their count; argmax.
 
 ``whole`` resizes the image to exactly the tile (aspect ratio not kept): one
 tile (plus its mirror with ``flip``), whose probabilities are resized back.
+
+:func:`stitch` and :func:`stitch_float64` return those full-size probabilities
+(8 x classes bytes per pixel in float64). :func:`stitch_labels`, what the
+server uses, returns exactly their argmax without ever holding them: when one
+window is the image, straight from its float32 probabilities; when the image is
+no larger than the working resolution, by the official computation itself;
+otherwise from each scale's probabilities at its working size, band by band
+(:mod:`service.stitch_bands`). :func:`stitch_peak_bytes` bounds its memory from
+the geometry alone, for admission before decoding.
 
 Tiles hold RAW 0..255 RGB values (normalisation is inside the ONNX graph), so
 the padding colour ``mean`` is in those units: it normalises to zero.
@@ -27,17 +37,26 @@ the padding colour ``mean`` is in those units: it normalises to zero.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
 
 from service.argmax import Labels, argmax_classes
 from service.artifact import Mode
-from service.resize import channel_chunks, resize_linear
+from service.resize import resize_linear
+from service.stitch_bands import resized_argmax, uses_full_size
+from service.stitch_memory import stitch_peak_bytes
+from service.stitch_probs import Chunks, scale_probs_chw, scale_probs_hwc, softmax, window_probs
+from service.stitch_taps import resize_taps
+from service.stitch_values import Source
 from service.windows import ScaleGeometry, count_tiles, plan_geometry
+
+# the float-probability helpers and the admission estimate are part of this module's interface
+__all__ = ["TilePlan", "label_dtype", "plan_tiles", "softmax", "stitch", "stitch_float64", "stitch_labels",
+           "stitch_peak_bytes"]
 
 
 @dataclass(frozen=True)
@@ -102,82 +121,11 @@ def plan_tiles(image: NDArray[np.generic], *, tile: tuple[int, int], mode: Mode,
     return TilePlan(tiles, (height, width), (th, tw), mode, flip, geometry)
 
 
-def softmax(logits: NDArray[np.float32], axis: int = 1) -> NDArray[np.float32]:
-    """Numerically stable float32 softmax (subtract the max, exponentiate, normalise)."""
-    out: NDArray[np.float32] = logits - logits.max(axis=axis, keepdims=True)
-    np.exp(out, out=out)
-    out /= out.sum(axis=axis, keepdims=True)
-    return out
-
-
 def label_dtype(num_classes: int) -> type[np.uint8] | type[np.uint16]:
     """uint8 labels up to 256 classes, uint16 beyond (the 16-bit label PNG)."""
     if not 1 <= num_classes <= 65536:
         raise ValueError(f"cannot store labels of {num_classes} classes")
     return np.uint8 if num_classes <= 256 else np.uint16
-
-
-def _window_probs(logits: NDArray[np.float32], index: int, flip: bool) -> NDArray[np.float32]:
-    """(C, th, tw) probabilities of one window, flip-averaged when it has a mirror."""
-    if not flip:
-        single: NDArray[np.float32] = softmax(logits[index:index + 1])[0]
-        return single
-    pair = softmax(logits[index:index + 2])
-    averaged: NDArray[np.float32] = (pair[0] + pair[1][:, :, ::-1]) / np.float32(2)
-    return averaged
-
-
-def _coverage(starts: tuple[int, ...], tile: int, lo: int, hi: int) -> NDArray[np.float64]:
-    """How many windows cover each canvas pixel of [lo, hi) along one axis."""
-    count = np.zeros(hi - lo, dtype=np.float64)
-    for s in starts:
-        count[max(s, lo) - lo:max(min(s + tile, hi) - lo, 0)] += 1
-    return count
-
-
-#: per-pixel probabilities held as channel ranges: ((start, stop), (H, W, stop - start) float64)
-Chunks = list[tuple[tuple[int, int], NDArray[np.float64]]]
-
-
-def _scale_probs(plan: TilePlan, geom: ScaleGeometry, logits: NDArray[np.float32]) -> Chunks:
-    """One scale's coverage-averaged probabilities, cropped to the resized image, per channel range.
-
-    Windows are summed only where they overlap the image, never into the padding
-    the crop throws away: every kept pixel still gets the same additions in the
-    same order as in the official code, so the result is the same to the last bit.
-    More than 128 classes are kept in channel ranges (:func:`channel_chunks`)
-    so that each resizes with one OpenCV call and no strided copies.
-    """
-    th, tw = plan.tile
-    (top, left), (h, w) = geom.pad, geom.size
-    ranges = channel_chunks(logits.shape[1])
-    step = 2 if geom.flip else 1  # a window's tile index: its mirror, if any, follows it
-    grid = itertools.product(geom.rows, geom.cols)  # row-major, as plan_tiles cut them
-    windows = [(y, x, geom.first + i * step) for i, (y, x) in enumerate(grid)]
-    # one range: each window's softmax is used once; several: computed once, kept
-    cached = ([_window_probs(logits, k, geom.flip) for _, _, k in windows] if len(ranges) > 1 else None)
-    # the windows form a grid, so per-pixel coverage is (row count) x (column count)
-    cover = np.multiply.outer(_coverage(geom.rows, th, top, top + h),
-                              _coverage(geom.cols, tw, left, left + w))
-    # a lone window covers the whole image: 0 + p and p / 1 are p, so assign and skip the division
-    alone = len(windows) == 1
-    out: Chunks = []
-    for a, b in ranges:
-        acc = (np.empty if alone else np.zeros)((h, w, b - a), dtype=np.float64)
-        for i, (y, x, k) in enumerate(windows):
-            probs = (cached[i] if cached is not None else _window_probs(logits, k, geom.flip))[a:b]
-            y0, y1 = max(y, top), min(y + th, top + h)
-            x0, x1 = max(x, left), min(x + tw, left + w)
-            if y0 < y1 and x0 < x1:
-                part = probs[:, y0 - y:y1 - y, x0 - x:x1 - x].transpose(1, 2, 0)
-                if alone:
-                    acc[...] = part
-                else:
-                    acc[y0 - top:y1 - top, x0 - left:x1 - left] += part
-        if not alone:
-            acc /= cover[:, :, None]
-        out.append(((a, b), acc))
-    return out
 
 
 def _check_logits(plan: TilePlan, logits: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -195,13 +143,14 @@ def _stitch_chunks(plan: TilePlan, logits: NDArray[np.float32]) -> Chunks:
     logits = _check_logits(plan, logits)
     total: Chunks = []
     for geom in plan.scales:
-        for i, (rng, probs) in enumerate(_scale_probs(plan, geom, logits)):
+        for i, (rng, probs) in enumerate(scale_probs_hwc(geom, plan.tile, logits)):
             if probs.shape[:2] != plan.image_size:
                 probs = resize_linear(probs, plan.image_size)
             if len(total) <= i:
                 total.append((rng, probs))
             else:
                 total[i][1][...] += probs
+            del probs  # a resized range must not outlive its addition into the next scale's build
     if len(plan.scales) > 1:
         for _, probs in total:
             probs /= len(plan.scales)
@@ -209,7 +158,10 @@ def _stitch_chunks(plan: TilePlan, logits: NDArray[np.float32]) -> Chunks:
 
 
 def stitch_float64(plan: TilePlan, logits: NDArray[np.float32]) -> NDArray[np.float64]:
-    """Per-pixel class probabilities (H, W, C) in float64, as the official code keeps them."""
+    """Per-pixel class probabilities (H, W, C) in float64, as the official code keeps them.
+
+    8 x C bytes per image pixel: for labels use :func:`stitch_labels`.
+    """
     chunks = _stitch_chunks(plan, logits)
     if len(chunks) == 1:
         return chunks[0][1]
@@ -232,9 +184,9 @@ def _lone_window_labels(plan: TilePlan, logits: NDArray[np.float32]) -> Labels |
     size, or slide on an image no larger than the tile): the official float64
     value of a pixel is 0 + p divided by a coverage of 1, i.e. p itself, so its
     argmax is the argmax of the float32 p, ties included. This skips the
-    (H, W, C) float64 copy and numpy's per-pixel argmax: about 15 ms of CPU of
-    a 360x480 request, measured on the 2-core benchmark machine (BENCHMARKS.md).
-    None when the plan is anything else.
+    (C, H, W) float64 copy: about 15 ms of CPU of a 360x480 request, measured
+    on the 2-core benchmark machine (BENCHMARKS.md). None when the plan is
+    anything else.
     """
     if len(plan.scales) != 1:
         return None
@@ -243,37 +195,52 @@ def _lone_window_labels(plan: TilePlan, logits: NDArray[np.float32]) -> Labels |
         return None
     logits = _check_logits(plan, logits)
     (top, left), (h, w) = geom.pad, geom.size
-    probs = _window_probs(logits, geom.first, geom.flip)[:, top:top + h, left:left + w]
+    probs = window_probs(logits, geom.first, geom.flip)[:, top:top + h, left:left + w]
     return argmax_classes(probs, label_dtype(probs.shape[0]))
+
+
+def _full_size_labels(plan: TilePlan, logits: NDArray[np.float32]) -> Labels:
+    """The official computation itself: every scale resized to the image, summed, argmax.
+
+    Used when that is no larger than the working resolution, or where OpenCV's
+    resize is not the taps' arithmetic (:func:`service.stitch_bands.uses_full_size`).
+    More than 128 classes stay in channel ranges; the argmax is taken per range,
+    then across ranges.
+    """
+    chunks = _stitch_chunks(plan, logits)
+    dtype = label_dtype(chunks[-1][0][1])
+    best_label: NDArray[np.intp] = chunks[0][1].argmax(axis=2)
+    if len(chunks) > 1:
+        best = np.take_along_axis(chunks[0][1], best_label[:, :, None], axis=2)[:, :, 0]
+        for (a, _), probs in chunks[1:]:
+            label = probs.argmax(axis=2)
+            value = np.take_along_axis(probs, label[:, :, None], axis=2)[:, :, 0]
+            # strictly greater: on a tie the earlier class wins, as in one argmax over all classes
+            better = value > best
+            best_label[better] = label[better] + a
+            best[better] = value[better]
+    return cast(Labels, best_label.astype(dtype))
+
+
+def _general_labels(plan: TilePlan, logits: NDArray[np.float32]) -> Labels:
+    logits = _check_logits(plan, logits)
+    classes = logits.shape[1]
+    if uses_full_size(plan.scales, plan.image_size, classes):
+        return _full_size_labels(plan, logits)
+    # each scale at its working size, with the taps of OpenCV's resize to the image
+    sources = [Source(scale_probs_chw(geom, plan.tile, logits), *resize_taps(geom.size, plan.image_size))
+               for geom in plan.scales]
+    return resized_argmax(sources, plan.image_size, label_dtype(classes))
 
 
 def stitch_labels(plan: TilePlan, logits: NDArray[np.float32]) -> NDArray[np.uint8] | NDArray[np.uint16]:
     """Per-pixel argmax labels (H, W), uint8 (uint16 beyond 256 classes).
 
-    The argmax of the float64 probabilities, as in the official code: cheaper
-    than ``stitch(...).argmax(-1)`` (no float32 copy) and free of the ties that
-    rounding to float32 can create.
+    Exactly ``stitch_float64(plan, logits).argmax(-1)`` (ties: the first class),
+    without ever holding per-class values of the full image: memory follows the
+    working resolution (:func:`stitch_peak_bytes`), not image pixels x classes.
     """
     lone = _lone_window_labels(plan, logits)
     if lone is not None:
         return lone
-    chunks = _stitch_chunks(plan, logits)
-    dtype = label_dtype(chunks[-1][0][1])
-    if len(chunks) == 1:
-        single: NDArray[np.intp] = chunks[0][1].argmax(axis=2)
-        return single.astype(np.uint8) if dtype is np.uint8 else single.astype(np.uint16)
-    best_label: NDArray[np.intp] | None = None
-    best: NDArray[np.float64] | None = None
-    for (a, _), probs in chunks:
-        label = probs.argmax(axis=2)
-        value = np.take_along_axis(probs, label[:, :, None], axis=2)[:, :, 0]
-        label += a
-        if best_label is None or best is None:
-            best_label, best = label, value
-        else:
-            # strictly greater: on a tie the earlier class wins, as in one argmax over all
-            better = value > best
-            best_label[better] = label[better]
-            best[better] = value[better]
-    assert best_label is not None
-    return best_label.astype(np.uint8) if dtype is np.uint8 else best_label.astype(np.uint16)
+    return _general_labels(plan, logits)

@@ -52,7 +52,7 @@ def test_one_window_labels_equal_the_float64_argmax(monkeypatch: pytest.MonkeyPa
     logits = _logits(plan.num_tiles, classes, (32, 48), seed=classes)
     expected = stitch_float64(plan, logits).argmax(axis=2)
     # the fast path must be the one taken: the general stitcher is not called
-    monkeypatch.setattr(tiling, "_stitch_chunks", lambda *a: pytest.fail("general path taken"))
+    monkeypatch.setattr(tiling, "_general_labels", lambda *a: pytest.fail("general path taken"))
     got = stitch_labels(plan, logits)
     assert got.dtype == (np.uint8 if classes <= 256 else np.uint16)
     np.testing.assert_array_equal(got, expected)
