@@ -1,10 +1,18 @@
 """Cross-request tile batching (DESIGN.md "Service", batching).
 
-Every request arrives as ``T`` same-shape tiles. They join one bounded FIFO
-queue of tiles; a single worker task takes up to ``max_batch`` of them, from
-however many requests, runs them through the runner in a dedicated thread (never
-on the event loop), and hands each request its rows back. A request's tiles may
-span several batches and a batch may mix requests.
+Every request arrives as ``T`` same-shape tiles and names the output it wants
+(``logits``, or ``labels`` when the model has it). The tiles join one bounded FIFO
+queue; each runner has a worker task that takes the next up to ``max_batch``
+tiles, from however many requests, runs them through its runner in the runner's
+own thread (never on the event loop), and hands each request its rows of its
+output back. A request's tiles may span several batches, which may run at the
+same time on different runners; a batch may mix requests, and fetches the union
+of the outputs they want (a batch of label requests never fetches logits).
+
+Runners: one or several (several ONNX Runtime sessions with fewer threads each,
+:meth:`service.engine.Engine.runners`), each an :class:`OutputRunner`
+``runner(tiles, names) -> {name: rows}`` with an ``outputs`` attribute; a plain
+``runner(tiles) -> logits`` is accepted too and offers ``logits`` only.
 
 Policy:
 - A batch leaves as soon as ``max_batch`` tiles are queued, or ``max_wait_ms``
@@ -12,7 +20,8 @@ Policy:
   waited behind a running batch leave at once.
 - Admission is all or nothing, decided at once: more tiles than the queue can
   ever hold -> :class:`PayloadTooLarge`; not enough room now in tiles or in
-  time (``max_queue_delay_s`` of work ahead at the recent time per tile), or
+  time (``max_queue_delay_s`` of work ahead at the recent time per tile, shared
+  among the runners), or
   work ahead that would outlast the request's deadline -> :class:`Overloaded`
   with a Retry-After estimated from the queue depth and that time per tile;
   after :meth:`TileBatcher.stop` began ->
@@ -22,6 +31,7 @@ Policy:
   Either way its tiles still queued are removed before they run.
 - A batch whose runner raises fails the requests with tiles in it (and drops
   their remaining tiles); the worker goes on with the next batch.
+- :meth:`TileBatcher.stop` with ``drain`` lets every worker finish the queue.
 """
 
 from __future__ import annotations
@@ -30,22 +40,49 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
+from service.artifact import OUTPUT_NAME
 from service.errors import DeadlineExceeded, NotReady, Overloaded, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
 Tiles = npt.NDArray[np.float32]
-Runner = Callable[[Tiles], Tiles]
+Rows = npt.NDArray[Any]  # one output's rows: float32 logits, uint8/uint16 labels
+Runner = Callable[[Tiles], Tiles]  # logits only
+
+
+@runtime_checkable
+class OutputRunner(Protocol):
+    """Runs one batch and returns the outputs named (each with one row per tile), of ``outputs``."""
+
+    @property
+    def outputs(self) -> tuple[str, ...]: ...
+
+    def __call__(self, tiles: Tiles, names: tuple[str, ...], /) -> Mapping[str, Rows]: ...
+
+
+class _LogitsOnly:
+    """A plain ``runner(tiles) -> logits`` as an :class:`OutputRunner`."""
+
+    outputs = (OUTPUT_NAME,)
+
+    def __init__(self, run: Runner) -> None:
+        self._run = run
+
+    def __call__(self, tiles: Tiles, names: tuple[str, ...], /) -> Mapping[str, Rows]:
+        return {OUTPUT_NAME: self._run(tiles)}
+
+
 #: Retry-After bounds, seconds: never "0" (clients would hammer), never absurdly far.
 MIN_RETRY_AFTER, MAX_RETRY_AFTER = 1, 60
 
@@ -67,6 +104,7 @@ class BatcherStats:
     tiles_run: int = 0
     failed_batches: int = 0
     batch_sizes: Counter[int] = field(default_factory=Counter)  # size -> number of batches
+    runner_batches: Counter[int] = field(default_factory=Counter)  # runner index -> batches run
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> tiles removed unrun
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> requests refused
 
@@ -74,17 +112,19 @@ class BatcherStats:
 class _Request:
     """One submit: its tiles, how far the worker got, and where its rows go."""
 
-    __slots__ = ("deadline", "done", "enqueued_at", "future", "next", "out", "tiles", "total")
+    __slots__ = ("deadline", "done", "enqueued_at", "future", "next", "out", "output", "tiles", "total")
 
-    def __init__(self, tiles: Tiles, future: asyncio.Future[Tiles], now: float, deadline: float) -> None:
+    def __init__(self, tiles: Tiles, output: str, future: asyncio.Future[Rows], now: float,
+                 deadline: float) -> None:
         self.tiles = tiles
+        self.output = output
         self.total = len(tiles)
         self.future = future
         self.enqueued_at = now
         self.deadline = deadline
         self.next = 0  # first tile not yet taken into a batch
         self.done = 0  # tiles whose outputs have arrived
-        self.out: Tiles | None = None  # written only by the runner thread
+        self.out: Rows | None = None  # written only by runner threads (allocated under a lock)
 
     @property
     def dead(self) -> bool:
@@ -96,13 +136,24 @@ Part = tuple[_Request, int, int]  # request, first tile, stop
 
 
 class TileBatcher:
-    def __init__(self, runner: Runner, *, max_batch: int, max_wait_ms: float, max_queue_tiles: int,
-                 max_queue_delay_s: float = math.inf, tile_shape: tuple[int, int, int] | None = None,
+    """``runner``: one runner or a sequence of them, run concurrently (one worker and thread each)."""
+
+    def __init__(self, runner: Runner | OutputRunner | Sequence[Runner | OutputRunner], *, max_batch: int,
+                 max_wait_ms: float, max_queue_tiles: int, max_queue_delay_s: float = math.inf,
+                 tile_shape: tuple[int, int, int] | None = None,
                  observer: BatchObserver | None = None) -> None:
         if max_batch < 1 or max_queue_tiles < 1 or max_wait_ms < 0 or max_queue_delay_s <= 0:
             raise ValueError("need max_batch >= 1, max_queue_tiles >= 1, max_wait_ms >= 0 "
                              "and max_queue_delay_s > 0")
-        self._runner = runner
+        given = list(runner) if isinstance(runner, Sequence) else [runner]
+        if not given:
+            raise ValueError("need at least one runner")
+        self._runners: list[OutputRunner] = [r if isinstance(r, OutputRunner) else _LogitsOnly(r)
+                                             for r in given]
+        #: the outputs requests may ask for: what every runner offers
+        self.outputs: tuple[str, ...] = tuple(self._runners[0].outputs)
+        if any(tuple(r.outputs) != self.outputs for r in self._runners):
+            raise ValueError(f"runners offer different outputs: {[tuple(r.outputs) for r in self._runners]}")
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.max_queue_tiles = max_queue_tiles
@@ -113,11 +164,12 @@ class TileBatcher:
         self._queue: deque[_Request] = deque()
         self._queued = 0
         self._wake = asyncio.Event()
-        self._inflight: list[Part] = []
+        self._inflight: dict[int, list[Part]] = {}  # runner index -> the batch it runs
         self._closing = False
-        self._worker: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._sec_per_tile: float | None = None  # moving average of batch seconds / batch size
+        self._workers: list[asyncio.Task[None]] = []
+        self._executors: list[ThreadPoolExecutor] = []
+        self._out_lock = threading.Lock()  # runner threads allocating one request's output
+        self._sec_per_tile: float | None = None  # moving average of one runner's batch seconds / size
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -127,38 +179,55 @@ class TileBatcher:
         return self._queued
 
     @property
+    def runners(self) -> int:
+        return len(self._runners)
+
+    @property
+    def seconds_per_tile(self) -> float | None:
+        """Recent seconds per tile of one runner (a moving average); None before the first batch."""
+        return self._sec_per_tile
+
+    @property
     def accepting(self) -> bool:
-        """Started, not stopping, and the worker alive (a dead worker would let requests hang)."""
-        return self._worker is not None and not self._worker.done() and not self._closing
+        """Started, not stopping, and every worker alive (a dead worker is a bug: refuse, loudly)."""
+        return bool(self._workers) and not any(w.done() for w in self._workers) and not self._closing
 
     async def start(self) -> None:
-        if self._worker is not None:
+        if self._workers:
             raise RuntimeError("batcher already started")
-        # One thread: the runner (an ORT session with IO binding) sees one caller at a time.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pspnet-batch")
-        self._worker = asyncio.create_task(self._work(), name="pspnet-batcher")
-        self._worker.add_done_callback(_log_worker_exit)
+        for i in range(len(self._runners)):
+            # One thread per runner: a runner (an ORT session with IO binding) sees one caller at a time.
+            self._executors.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pspnet-batch-{i}"))
+            worker = asyncio.create_task(self._work(i), name=f"pspnet-batcher-{i}")
+            worker.add_done_callback(_log_worker_exit)
+            self._workers.append(worker)
 
     async def stop(self, drain: bool = True) -> None:
         """Refuse new work; with ``drain`` finish everything accepted, else fail it (NotReady)."""
         self._closing = True
         self._wake.set()
         if not drain:
-            for r in [p[0] for p in self._inflight] + list(self._queue):
+            running = [p[0] for parts in self._inflight.values() for p in parts]
+            for r in running + list(self._queue):
                 self._fail(r, NotReady("the server is shutting down"), "shutdown")
-        if self._worker is not None:
-            if not drain:
-                self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        if self._executor is not None:
+            for w in self._workers:
+                w.cancel()
+        # a worker that died has been logged (_log_worker_exit); the others are awaited regardless
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        for executor in self._executors:
             # without drain a batch may still be running: let it finish in the background
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, tiles: Tiles, *, deadline: float) -> Tiles:
-        """Outputs for ``tiles`` ``(T, 3, H, W)``, in order, by ``deadline`` (``loop.time()`` clock)."""
+    async def submit(self, tiles: Tiles, *, deadline: float, output: str = OUTPUT_NAME) -> Rows:
+        """Rows of ``output`` for ``tiles`` ``(T, 3, H, W)``, in order, by ``deadline`` (``loop.time()``).
+
+        ``output`` is one of :attr:`outputs`: ``logits`` ``(T, C, H, W)`` float32, or ``labels``
+        ``(T, H, W)`` when the runners offer it.
+        """
         loop = asyncio.get_running_loop()
         n = self._check(tiles)
+        if output not in self.outputs:
+            raise ValueError(f"output {output!r} is not one the runners offer ({', '.join(self.outputs)})")
         if not self.accepting:
             self._reject("stopping")
             raise NotReady("the batcher is not running or is shutting down")
@@ -182,7 +251,7 @@ class TileBatcher:
             left = deadline - loop.time()
             raise Overloaded(f"about {eta:.1f} s of work is queued, more than the {left:.1f} s left to "
                              f"this request's deadline", retry_after=self.retry_after(n))
-        r = _Request(tiles, loop.create_future(), loop.time(), deadline)
+        r = _Request(tiles, output, loop.create_future(), loop.time(), deadline)
         self._queue.append(r)
         self._queued += n
         self._queue_changed()
@@ -232,10 +301,14 @@ class TileBatcher:
         return max(MIN_RETRY_AFTER, min(MAX_RETRY_AFTER, math.ceil(eta)))
 
     def _eta(self, extra_tiles: int) -> float | None:
-        """Seconds to run the queue plus ``extra_tiles`` at the measured speed; None before any batch."""
+        """Seconds to run the queue plus ``extra_tiles`` at the measured speed; None before any batch.
+
+        The runners work on the queue side by side, each at the measured time per tile (measured
+        while they run together, so it already includes what they cost each other).
+        """
         if self._sec_per_tile is None:
             return None
-        return (self._queued + extra_tiles) * self._sec_per_tile
+        return (self._queued + extra_tiles) * self._sec_per_tile / len(self._runners)
 
     # -- admission and bookkeeping ---------------------------------------------------------------
 
@@ -282,21 +355,25 @@ class TileBatcher:
 
     # -- the worker --------------------------------------------------------------------------------
 
-    async def _work(self) -> None:
+    async def _work(self, runner: int) -> None:
         while True:
             parts = await self._next_batch()
             if parts is None:
                 return
             if not parts:  # every queued request was cancelled while we waited
                 continue
-            self._inflight = parts
+            self._inflight[runner] = parts
             try:
-                await self._run(parts)
+                await self._run(runner, parts)
             finally:
-                self._inflight = []
+                del self._inflight[runner]
 
     async def _next_batch(self) -> list[Part] | None:
-        """Wait for a batch's worth of tiles, or for the oldest one's max_wait to pass."""
+        """Wait for a batch's worth of tiles, or for the oldest one's max_wait to pass.
+
+        Idle workers all wait here; whichever resumes first takes the batch (all on the event loop,
+        so taking is atomic), and the others find the queue shorter or empty and wait on.
+        """
         loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
@@ -335,12 +412,14 @@ class TileBatcher:
         self._queue_changed()
         return parts
 
-    async def _run(self, parts: list[Part]) -> None:
-        assert self._executor is not None
+    async def _run(self, runner: int, parts: list[Part]) -> None:
         loop = asyncio.get_running_loop()
         size = sum(b - a for _, a, b in parts)
+        # the union of what the batch's requests want, in the runners' order
+        names = tuple(n for n in self.outputs if any(r.output == n for r, _, _ in parts))
         try:
-            seconds = await loop.run_in_executor(self._executor, self._execute, parts)
+            seconds = await loop.run_in_executor(self._executors[runner], self._execute,
+                                                 self._runners[runner], names, parts)
         except Exception as e:  # CancelledError is not an Exception: stop(drain=False) passes through
             self.stats.failed_batches += 1
             log.error("batch of %d tiles failed: %r", size, e, exc_info=e)
@@ -350,6 +429,7 @@ class TileBatcher:
         self.stats.batches += 1
         self.stats.tiles_run += size
         self.stats.batch_sizes[size] += 1
+        self.stats.runner_batches[runner] += 1
         # a short moving average of seconds per tile: recent enough to follow load, smooth enough
         # that one slow batch does not swing Retry-After
         per_tile = seconds / size
@@ -362,27 +442,35 @@ class TileBatcher:
                 assert r.out is not None
                 r.future.set_result(r.out)
 
-    def _execute(self, parts: list[Part]) -> float:
-        """Runner thread: gather the batch, run it, scatter rows to their requests."""
+    def _execute(self, runner: OutputRunner, names: tuple[str, ...], parts: list[Part]) -> float:
+        """Runner thread: gather the batch, run it, scatter each request's rows of its output."""
         pieces = [r.tiles[a:b] for r, a, b in parts]
         batch = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         t0 = time.perf_counter()
-        out = self._runner(batch)
+        out = runner(batch, names)
         seconds = time.perf_counter() - t0
-        if not isinstance(out, np.ndarray) or out.ndim < 1 or len(out) != len(batch):
-            raise RuntimeError(f"runner returned {getattr(out, 'shape', type(out))} for {len(batch)} tiles")
+        if not isinstance(out, Mapping):
+            raise RuntimeError(f"runner returned {type(out).__name__}, not a mapping of outputs")
+        for name in names:
+            got = out.get(name)
+            if not isinstance(got, np.ndarray) or got.ndim < 1 or len(got) != len(batch):
+                raise RuntimeError(f"runner returned {getattr(got, 'shape', type(got))} as {name!r} "
+                                   f"for {len(batch)} tiles")
         offset = 0
         for r, a, b in parts:
-            rows = out[offset:offset + b - a]
+            rows = out[r.output][offset:offset + b - a]
             offset += b - a
             if r.dead:
                 continue  # timed out or cancelled meanwhile: nobody will read it
             if a == 0 and b == r.total:
                 r.out = rows  # the whole request in this batch: a view, no copy
-            else:
+                continue
+            # the request's other rows may be arriving on another runner's thread right now
+            with self._out_lock:
                 if r.out is None:
-                    r.out = np.empty((r.total, *out.shape[1:]), dtype=out.dtype)
-                r.out[a:b] = rows
+                    r.out = np.empty((r.total, *rows.shape[1:]), dtype=rows.dtype)
+                dest = r.out
+            dest[a:b] = rows
         return seconds
 
 

@@ -407,3 +407,96 @@ def test_admission_checks_and_broken_observer() -> None:
         np.testing.assert_array_equal(await b.submit(tiles(2, 3), deadline=deadline()), expected(2, 3))
         await b.stop()
     run(body)
+
+
+# -- named outputs -------------------------------------------------------------------------------
+
+def labels_of(rid: int, n: int) -> np.ndarray:
+    return tiles(rid, n)[:, 0].astype(np.uint16)
+
+
+class OutputsRunner(FakeRunner):
+    """Offers logits and labels (each pixel: its tile's value, uint16); records what each batch fetched."""
+
+    outputs = ("logits", "labels")
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.names: list[tuple[str, ...]] = []
+
+    def __call__(self, batch: np.ndarray, names: tuple[str, ...]) -> Any:  # type: ignore[override]
+        self.names.append(names)
+        logits = super().__call__(batch)
+        full = {"logits": logits, "labels": batch[:, 0].astype(np.uint16)}
+        return {n: full[n] for n in names}
+
+
+def test_a_batch_fetches_the_union_of_what_its_requests_want() -> None:
+    async def body() -> None:
+        runner = OutputsRunner()
+        b = await started(runner, max_batch=8, max_wait_ms=300)
+        assert b.outputs == ("logits", "labels")
+        # labels only: logits never fetched
+        outs = await asyncio.gather(*(b.submit(tiles(r, 2), deadline=deadline(), output="labels")
+                                      for r in (1, 2)))
+        assert runner.sizes == [4] and runner.names == [("labels",)]
+        for r, out in zip((1, 2), outs, strict=True):
+            assert out.dtype == np.uint16 and out.shape == (2, 4, 4)
+            np.testing.assert_array_equal(out, labels_of(r, 2))
+        # mixed: one batch fetching both; each request gets its own output
+        lab, log = await asyncio.gather(b.submit(tiles(3, 3), deadline=deadline(), output="labels"),
+                                        b.submit(tiles(4, 2), deadline=deadline()))
+        assert runner.sizes[1:] == [5] and runner.names[1:] == [("logits", "labels")]
+        np.testing.assert_array_equal(lab, labels_of(3, 3))
+        np.testing.assert_array_equal(log, expected(4, 2))
+        # logits only (the default)
+        np.testing.assert_array_equal(await b.submit(tiles(5, 1), deadline=deadline()), expected(5, 1))
+        assert runner.names[2:] == [("logits",)]
+        await b.stop()
+    run(body)
+
+
+def test_labels_split_over_batches_come_back_in_order() -> None:
+    async def body() -> None:
+        runner = OutputsRunner()
+        b = await started(runner, max_batch=2, max_wait_ms=0)
+        out = await b.submit(tiles(1, 5), deadline=deadline(), output="labels")
+        assert runner.sizes == [2, 2, 1] and out.dtype == np.uint16
+        np.testing.assert_array_equal(out, labels_of(1, 5))
+        await b.stop()
+    run(body)
+
+
+def test_an_output_the_runner_lacks_is_refused_before_queueing() -> None:
+    async def body() -> None:
+        runner = FakeRunner()  # a plain runner: logits only
+        b = await started(runner)
+        assert b.outputs == ("logits",)
+        with pytest.raises(ValueError, match="'labels'"):
+            await b.submit(tiles(1, 1), deadline=deadline(), output="labels")
+        assert b.queue_depth == 0 and runner.batches == []
+        await b.stop()
+    run(body)
+
+
+def test_runner_missing_an_output_fails_the_batch_not_the_worker() -> None:
+    class Forgetful(OutputsRunner):
+        def __call__(self, batch: np.ndarray, names: tuple[str, ...]) -> Any:  # type: ignore[override]
+            out = super().__call__(batch, names)
+            return {} if len(self.names) == 1 else out
+
+    async def body() -> None:
+        b = await started(Forgetful(), max_wait_ms=0)
+        with pytest.raises(RuntimeError, match=r"runner returned .* as 'labels'"):
+            await b.submit(tiles(1, 2), deadline=deadline(), output="labels")
+        out = await b.submit(tiles(2, 2), deadline=deadline(), output="labels")
+        np.testing.assert_array_equal(out, labels_of(2, 2))
+        await b.stop()
+    run(body)
+
+
+def test_runners_must_offer_the_same_outputs() -> None:
+    with pytest.raises(ValueError, match="different outputs"):
+        TileBatcher([OutputsRunner(), FakeRunner()], max_batch=2, max_wait_ms=0, max_queue_tiles=8)
+    with pytest.raises(ValueError, match="at least one runner"):
+        TileBatcher([], max_batch=2, max_wait_ms=0, max_queue_tiles=8)
