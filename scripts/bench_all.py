@@ -1,7 +1,8 @@
 """Run every benchmark of issue #6 in one go and record the results.
 
     python scripts/bench_all.py --image street_360x480.png --out benchmarks
-    python scripts/bench_all.py --image ... --out /tmp/b --quick     # a 2-minute smoke run
+    python scripts/bench_all.py --image ... --out /tmp/b --quick     # a smoke run of every part
+    python scripts/bench_all.py --image ... --only litserve,ort-limit  # some parts, merged into results.json
 
 In order, on the same ONNX model and image, one benchmark at a time:
 
@@ -12,14 +13,26 @@ In order, on the same ONNX model and image, one benchmark at a time:
    server's request shape), a py-spy profile under load, then the RSS run
    (``--rss-seconds`` of load at concurrency 8 with the server's RSS sampled from /proc);
 4. baseline 2, the naive server (scripts/bench_naive_server.py) at the same concurrencies;
+4a. baseline 4, LitServe (scripts/bench_litserve.py) on the same ONNX file, in two layouts (1 worker
+   with ORT's default threads; 2 workers x 1 ORT thread), and in the same block the service, all
+   with the same multipart upload at concurrency 1 and 8 (``--litserve-concurrencies``);
 4b. the int8 artifact (``--int8-model``, made by ``pspnet-model quantize``): its raw ORT limit,
    the service sweep on it and, with the protocol baseline, the protocol path on it;
 5. optionally (``--tune``) the service at concurrency 8 under other settings;
 6. baseline 3, the official protocol in PyTorch eager vs the engine path on a 1024x2048
    image, slide and multiscale (scripts/bench_protocol.py);
+6a. the execution layout of raw ORT (sessions x threads, scripts/bench_layout.py: layout.md) and
+   the image codecs on one core (scripts/bench_codecs.py: codecs.md);
 7. ``results.json``, ``results.md`` and ``plot.png`` (scripts/bench_report.py).
 
-Every server is started here and stopped with SIGTERM by its pid. The load
+Parts (``--only`` / ``--skip``, comma- or space-separated): ort-limit (alias ort), service, rss,
+profile, naive, litserve, int8, protocol, layout, codecs. ``--only`` runs just those and merges
+them into the existing results.json. Durations at the defaults (quiet machine, quiet waits not
+counted): ort-limit 3 min, service 3 min, profile 1 min, rss 5 min, naive 3 min, litserve 4 min,
+int8 6 min, protocol 6 min, layout 20 min, codecs 5 min.
+
+Every server is started here and stopped with SIGTERM by its pid; LitServe's, which
+starts processes of its own, in a session of its own, checked empty after the stop. The load
 generator shares the two cores with the server: that is part of what is measured.
 """
 
@@ -27,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import platform
@@ -45,6 +59,10 @@ SCRIPTS = ROOT / "scripts"
 sys.path.insert(0, str(ROOT))
 
 
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
 from scripts.bench_report import render  # noqa: E402
 from service.localserver import free_port, wait_ready  # noqa: E402
 
@@ -52,6 +70,13 @@ PY = sys.executable
 #: seconds to wait for other people's jobs to calm down before each measurement (--quiet-wait)
 OPTIONS = {"quiet_wait": 300.0}
 CONCURRENCIES = (1, 2, 4, 8, 16)
+PARTS = ("ort", "service", "rss", "profile", "naive", "litserve", "int8", "protocol", "layout", "codecs")
+ALIASES = {"ort-limit": "ort"}
+#: LitServe layouts: key -> (description, workers_per_device, ORT intra-op threads per worker, 0 = default)
+LITSERVE_LAYOUTS = {"litserve_1w": ("1 worker, ORT default threads", 1, 0),
+                    "litserve_2w1t": ("2 workers x 1 ORT thread", 2, 1)}
+#: files in raw/ that a part's own script writes: kept when that part is not run
+OWN_RAW_FILES = {"layout": "layout.json", "codecs": "codecs.json"}
 #: --tune grid: (settings, concurrency); each setting alone against the defaults at concurrency 8,
 #: then the largest batches where enough requests are outstanding to fill them
 TUNING: tuple[tuple[dict[str, str], int], ...] = (
@@ -99,15 +124,47 @@ def machine() -> dict[str, Any]:
             "loadavg_at_start": loadavg()}
 
 
+def session_members(sid: int) -> list[int]:
+    """Pids of the live (not zombie) processes in session ``sid`` (a server started with
+    ``start_new_session``)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+def session_cpu(sid: int) -> float:
+    """CPU seconds (user + system) of the live processes of session ``sid``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[3]) == sid:
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 @contextlib.contextmanager
 def server(cmd: list[str], ready_path: str, port: int, env: dict[str, str] | None = None,
-           log_path: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+           log_path: Path | None = None, *, new_session: bool = False,
+           stop_report: dict[str, Any] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process, stopped with SIGTERM (then SIGKILL after 60 s) on the way out.
+
+    ``new_session``: the server starts processes of its own; it gets a session (id = its pid), and
+    after it exits any process left in that session is killed by pid and counted in ``stop_report``.
+    """
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=new_session)
     try:
         wait_ready(f"http://127.0.0.1:{port}{ready_path}", proc, seconds=180, interval=0.3)
         yield proc
     finally:
+        t0 = time.monotonic()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -115,6 +172,18 @@ def server(cmd: list[str], ready_path: str, port: int, env: dict[str, str] | Non
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        stray = session_members(proc.pid) if new_session else []
+        settle = time.monotonic() + 10  # helpers (multiprocessing's resource tracker) exit just after it
+        while stray and time.monotonic() < settle:
+            time.sleep(0.2)
+            stray = session_members(proc.pid)
+        for pid in stray:
+            log(f"process {pid} of server {proc.pid} still running after it stopped: killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if stop_report is not None:
+            stop_report.update({"exit_code": proc.returncode, "stop_seconds": round(time.monotonic() - t0, 2),
+                                "stray_processes_killed": len(stray)})
         if log_path:
             out.close()  # type: ignore[union-attr]
 
@@ -193,25 +262,36 @@ def wait_quiet(max_wait: float, busy_max: float = 0.15, window: float = 3.0) -> 
             return round(busy, 3)
 
 
-def bench(port: int, image: Path, out: Path, *extra: str, pid: int | None = None) -> dict[str, Any]:
+def bench(port: int, image: Path, out: Path, *extra: str, pid: int | None = None,
+          session: int | None = None) -> dict[str, Any]:
     """One ``pspnet-serve bench`` run; its JSON report, with the load average before it and, given the
-    server's pid, its CPU per request by thread group."""
+    server's pid, its CPU per request by thread group; given its session (a server of several
+    processes), the CPU of all of them per request."""
     idle_before = wait_quiet(OPTIONS["quiet_wait"])
     before = loadavg()
     cpu0 = thread_cpu(pid) if pid else None
+    tree0 = session_cpu(session) if session else None
     busy0, child0 = cpu_busy_seconds(), children_cpu()
     cmd = [PY, "-m", "service.cli", "bench", "--url", f"http://127.0.0.1:{port}", "--image", str(image),
            "--json", str(out), *extra, *(["--server-pid", str(pid)] if pid and "--server-pid" not in extra
                                          else [])]
     subprocess.run(cmd, check=True, cwd=ROOT)
     busy1, child1 = cpu_busy_seconds(), children_cpu()
+    tree1 = session_cpu(session) if session else None
     report: dict[str, Any] = json.loads(out.read_text())
+    if tree0 is not None and tree1 is not None:
+        # the warm-up requests are inside the window too
+        answered = report["ok"] + report["load"]["warmup_ok"]
+        report["server_processes_cpu_ms_per_ok"] = (round((tree1 - tree0) / answered * 1000, 2)
+                                                    if answered else None)
     report["loadavg_before"] = before
     report["machine_busy_before"] = idle_before
     cpu1 = thread_cpu(pid) if pid else None
-    if cpu0 is not None and cpu1 is not None:
+    server_cpu = (tree1 - tree0 if tree0 is not None and tree1 is not None else
+                  sum(cpu1.values()) - sum(cpu0.values()) if cpu0 is not None and cpu1 is not None else None)
+    if server_cpu is not None:
         # what else ran meanwhile: all busy CPU minus our server and our load generator, in cores
-        ours = sum(cpu1.values()) - sum(cpu0.values()) + (child1 - child0)
+        ours = server_cpu + (child1 - child0)
         wall = (busy1[1] - busy0[1]) / (os.cpu_count() or 1)
         report["foreign_cores"] = round(max(busy1[0] - busy0[0] - ours, 0.0) / wall, 3)
     if pid and cpu0 is not None:
@@ -244,18 +324,22 @@ def protocol(args: argparse.Namespace, model: Path, out: Path) -> dict[str, Any]
     return result
 
 
-def sweep(name: str, run: Callable[[int, Path], dict[str, Any]], raw: Path,
-          repeats: int) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+Runs = dict[str, list[dict[str, Any]]]
+
+
+def sweep(name: str, run: Callable[[int, Path], dict[str, Any]], raw: Path, repeats: int,
+          concurrencies: tuple[int, ...] = CONCURRENCIES) -> tuple[dict[str, Any], Runs]:
     """Every concurrency ``repeats`` times, the passes interleaved so that a noisy minute spoils one
     point of each, not all of one; per concurrency, the run of median throughput, and all runs."""
-    runs: dict[str, list[dict[str, Any]]] = {str(c): [] for c in CONCURRENCIES}
+    runs: Runs = {str(c): [] for c in concurrencies}
     for rep in range(repeats):
-        for c in CONCURRENCIES:
+        for c in concurrencies:
             log(f"{name}, concurrency {c}, pass {rep + 1} of {repeats}")
             runs[str(c)].append(run(c, raw / f"{name}_c{c}_pass{rep + 1}.json"))
     median = {c: sorted(rs, key=lambda r: r["throughput_rps"] or 0.0)[(len(rs) - 1) // 2]
               for c, rs in runs.items()}
-    keep = ("throughput_rps", "latency_ms", "foreign_cores", "cpu_ms_per_ok")
+    keep = ("throughput_rps", "latency_ms", "foreign_cores", "cpu_ms_per_ok",
+            "server_processes_cpu_ms_per_ok")
     return median, {c: [{k: r.get(k) for k in keep} for r in rs] for c, rs in runs.items()}
 
 
@@ -268,6 +352,73 @@ def profile(pid: int, seconds: float, out: Path) -> bool:
     cmd = [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100",
            "--format", "raw", "--threads", "--nonblocking", "--output", str(out)]
     return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+
+def check_mask(port: int, path: str, image: Path, params: dict[str, str] | None = None) -> dict[str, Any]:
+    """POST ``image`` as multipart field ``image``; the answer must be a paletted PNG of the image's size.
+
+    Returns what was checked and the class ids (``labels``), for comparing two servers' answers.
+    """
+    with Image.open(image) as im:
+        size = im.size
+    r = httpx.post(f"http://127.0.0.1:{port}{path}", params=params, timeout=120,
+                   files={"image": (image.name, image.read_bytes(), "image/png")})
+    ctype = r.headers.get("content-type", "")
+    if r.status_code != 200 or not ctype.startswith("image/png"):
+        raise RuntimeError(f"{path} answered {r.status_code} {ctype}: {r.text[:300]}")
+    with Image.open(io.BytesIO(r.content)) as mask:
+        mode, mask_size, labels = mask.mode, mask.size, np.asarray(mask)
+    if mode != "P" or mask_size != size:
+        raise RuntimeError(f"{path} answered a {mode} PNG of {mask_size}, not a paletted one of {size}")
+    return {"status": r.status_code, "content_type": ctype, "mode": mode, "size": list(mask_size),
+            "bytes": len(r.content), "labels": labels}
+
+
+def litserve_pass(args: argparse.Namespace, serve: list[str], env: dict[str, str], raw: Path,
+                  logs: Path) -> dict[str, Any]:
+    """Baseline 4: LitServe in each of LITSERVE_LAYOUTS and, in the same block, the service, all sent
+    the same multipart upload at ``--litserve-concurrencies`` (each server in a session of its own,
+    so that the CPU of all its processes is counted)."""
+    concs = tuple(args.litserve_concurrencies)
+    part: dict[str, Any] = {"model": args.model.name, "concurrencies": list(concs), "servers": {}}
+    port = free_port()
+    cmd = [*serve]
+    cmd[cmd.index("--port") + 1] = str(port)
+    entry: dict[str, Any] = {"description": "pspnet-serve (this service), mode=whole, output=color"}
+    with server(cmd, "/readyz", port, env, logs / "litserve_block_service.log", new_session=True,
+                stop_report=entry.setdefault("stop", {})) as proc:
+        check = check_mask(port, "/v1/segment", args.image, {"mode": "whole", "output": "color"})
+        service_labels = check.pop("labels")
+        entry["check"] = check
+        entry["processes"] = len(session_members(proc.pid))
+        entry["runs"], entry["all_runs"] = sweep(
+            "litserve_block_service", lambda c, path: bench(
+                port, args.image, path, "--concurrency", str(c), "--multipart", "--mode", "whole",
+                "--output", "color", "--duration", str(args.duration), pid=proc.pid, session=proc.pid),
+            raw, args.repeats, concs)
+    part["servers"]["service"] = entry
+    for key, (description, workers, threads) in LITSERVE_LAYOUTS.items():
+        lport = free_port()
+        lcmd = [PY, str(SCRIPTS / "bench_litserve.py"), "--model", str(args.model), "--port", str(lport),
+                "--workers", str(workers), "--ort-threads", str(threads)]
+        entry = {"description": f"LitServe, {description}", "workers": workers, "ort_threads": threads}
+        log(f"LitServe: {description}")
+        with server(lcmd, "/health", lport, None, logs / f"{key}.log", new_session=True,
+                    stop_report=entry.setdefault("stop", {})) as lproc:
+            check = check_mask(lport, "/predict", args.image)
+            entry["check"] = check
+            entry["check"]["labels_agree_with_service"] = round(float(np.mean(check.pop("labels") ==
+                                                                              service_labels)), 6)
+            entry["processes"] = len(session_members(lproc.pid))
+            def load(c: int, path: Path, lport: int = lport, sid: int = lproc.pid) -> dict[str, Any]:
+                return bench(lport, args.image, path, "--concurrency", str(c), "--path", "/predict",
+                             "--multipart", "--duration", str(args.duration), session=sid)
+
+            entry["runs"], entry["all_runs"] = sweep(key, load, raw, args.repeats, concs)
+        if entry["stop"]["stray_processes_killed"]:
+            log(f"LitServe ({description}) left {entry['stop']['stray_processes_killed']} processes behind")
+        part["servers"][key] = entry
+    return part
 
 
 def int8_pass(args: argparse.Namespace, serve: list[str], env: dict[str, str], load: list[str], raw: Path,
@@ -284,6 +435,22 @@ def int8_pass(args: argparse.Namespace, serve: list[str], env: dict[str, str], l
             "int8_service", lambda c, path: bench(port, args.image, path, "--concurrency", str(c), *load,
                                                   pid=proc.pid), raw, args.repeats)
     return part
+
+
+def parts(p: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
+    """The parts to run, from ``--only`` or ``--skip`` (either may be comma-separated)."""
+    def names(values: list[str]) -> set[str]:
+        out = {ALIASES.get(v, v) for item in values for v in item.split(",") if v}
+        unknown = out - set(PARTS)
+        if unknown:
+            p.error(f"unknown part(s) {', '.join(sorted(unknown))}; parts: ort-limit, {', '.join(PARTS[1:])}")
+        return out
+    if args.only:
+        if args.skip:
+            p.error("give --only or --skip, not both")
+        args.merge = True  # a subset updates the results of the last full run
+        return names(args.only)
+    return set(PARTS) - names(args.skip)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,22 +472,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune", action="store_true", help="also try other settings (TUNING)")
     p.add_argument("--tune-only", type=int, nargs="+", metavar="I",
                    help="run only these entries of TUNING (0-based), merged into the earlier ones")
-    p.add_argument("--skip", nargs="*", default=[],
-                   choices=["ort", "service", "rss", "profile", "naive", "protocol", "int8"])
+    p.add_argument("--skip", nargs="*", default=[], metavar="PART", help="parts not to run")
+    p.add_argument("--only", nargs="+", metavar="PART",
+                   help="run only these parts, merged into the existing results.json (implies --merge)")
+    p.add_argument("--litserve-concurrencies", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--layout-seconds", type=float, default=10.0, help="bench_layout.py --seconds")
+    p.add_argument("--layout-windows", type=int, default=3, help="bench_layout.py --windows")
+    p.add_argument("--codec-runs", type=int, default=30, help="bench_codecs.py --runs")
     p.add_argument("--quiet-wait", type=float, default=OPTIONS["quiet_wait"],
                    help="seconds to wait for a quiet machine before each measurement")
     p.add_argument("--quick", action="store_true", help="tiny durations: a smoke run of the driver")
     p.add_argument("--env", nargs="*", default=[], metavar="PSPNET_X=V", help="service settings")
     args = p.parse_args(argv)
+    run = parts(p, args)
     OPTIONS["quiet_wait"] = args.quiet_wait
     if args.quick:
         args.duration, args.ort_seconds, args.rss_seconds, args.profile_seconds = 3, 2, 10, 3
+        args.layout_seconds, args.layout_windows, args.codec_runs = 1, 1, 3
     out: Path = args.out
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     if not args.merge:  # files of an earlier run would read as results of this one
+        keep = {name for part, name in OWN_RAW_FILES.items() if part not in run}
         for stale in [*raw.glob("*.json"), *raw.glob("*.txt")]:
-            stale.unlink()
+            if stale.name not in keep:
+                stale.unlink()
     logs = Path(tempfile.mkdtemp(prefix="pspnet-bench-logs-"))  # server logs: not results, not committed
     log(f"server logs in {logs}")
     env = dict(kv.split("=", 1) for kv in args.env)
@@ -334,16 +510,16 @@ def main(argv: list[str] | None = None) -> int:
     log(f"machine: {results['machine']['cpu']}, load {loadavg()}")
     load = ["--mode", "whole", "--output", "color", "--duration", str(args.duration)]
 
-    if "ort" not in args.skip:
+    if "ort" in run:
         results["machine_busy_before_ort"] = wait_quiet(OPTIONS["quiet_wait"])
         results["ort_limit"] = ort_limit(args, args.model, raw / "ort_limit.json")
 
     port = free_port()
     serve = [PY, "-m", "service.cli", "--model", str(args.model), "--host", "127.0.0.1", "--port", str(port),
              "--log-level", "warning"]
-    if not {"service", "rss", "profile"} <= set(args.skip):
+    if run & {"service", "rss", "profile"}:
         with server(serve, "/readyz", port, env, logs / "service.log") as proc:
-            if "service" not in args.skip:
+            if "service" in run:
                 results["service"], results["service_runs"] = sweep(
                     "service", lambda c, path: bench(port, args.image, path, "--concurrency", str(c), *load,
                                                      pid=proc.pid), raw, args.repeats)
@@ -351,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["service_multipart_c8"] = bench(port, args.image, raw / "service_c8_multipart.json",
                                                         "--concurrency", "8", "--multipart", *load,
                                                         pid=proc.pid)
-            if "profile" not in args.skip:
+            if "profile" in run:
                 log("service profile under load (py-spy)")
                 spy_out = raw / "profile_c8.txt"
                 bench_proc = subprocess.Popen(
@@ -363,18 +539,18 @@ def main(argv: list[str] | None = None) -> int:
                 if profile(proc.pid, args.profile_seconds, spy_out):
                     results["profile_file"] = str(spy_out.relative_to(out))
                 bench_proc.wait()
-            if "rss" not in args.skip:
+            if "rss" in run:
                 log(f"service RSS run, {args.rss_seconds:g} s at concurrency 8")
                 results["rss_run"] = bench(port, args.image, raw / "service_rss.json", "--concurrency", "8",
                                            "--mode", "whole", "--output", "color", "--duration",
                                            str(args.rss_seconds), "--server-pid", str(proc.pid),
                                            "--rss-interval", "2")
 
-    if "ort" not in args.skip and "service" not in args.skip:
+    if {"ort", "service"} <= run:
         wait_quiet(OPTIONS["quiet_wait"])
         results["ort_limit_after"] = ort_limit(args, args.model, raw / "ort_limit_after.json")
 
-    if "naive" not in args.skip:
+    if "naive" in run:
         nport = free_port()
         naive = [PY, str(SCRIPTS / "bench_naive_server.py"), "--checkpoint", str(args.checkpoint),
                  "--port", str(nport)]
@@ -384,7 +560,10 @@ def main(argv: list[str] | None = None) -> int:
                                                "/predict", "--multipart", "--duration", str(args.duration),
                                                pid=nproc.pid), raw, args.repeats)
 
-    if "int8" not in args.skip:
+    if "litserve" in run:
+        results["litserve"] = litserve_pass(args, serve, env, raw, logs)
+
+    if "int8" in run:
         results["int8"] = int8_pass(args, serve, env, load, raw, logs)
 
     if args.tune or args.tune_only:
@@ -406,13 +585,27 @@ def main(argv: list[str] | None = None) -> int:
                 "foreign_cores")}}
         results["tuning"] = list(done.values())
 
-    if "protocol" not in args.skip:
+    if "protocol" in run:
         results["machine_busy_before_protocol"] = wait_quiet(OPTIONS["quiet_wait"])
         results["protocol"] = protocol(args, args.model, raw / "protocol.json")
 
-    if "int8" not in args.skip and "protocol" not in args.skip:
+    if {"int8", "protocol"} <= run:
         wait_quiet(OPTIONS["quiet_wait"])
         results["int8"]["protocol"] = protocol(args, args.int8_model, raw / "protocol_int8.json")
+
+    if "layout" in run:
+        wait_quiet(OPTIONS["quiet_wait"])
+        models = [args.model, *([args.int8_model] if args.int8_model.exists() else [])]
+        run_script([str(SCRIPTS / "bench_layout.py"), "--out", str(out), "--image", str(args.image),
+                    "--seconds", str(args.layout_seconds), "--windows", str(args.layout_windows),
+                    "--models", *map(str, models)])
+        results["layout"] = json.loads((raw / "layout.json").read_text())
+
+    if "codecs" in run:
+        wait_quiet(OPTIONS["quiet_wait"])
+        run_script([str(SCRIPTS / "bench_codecs.py"), "--out", str(out), "--runs", str(args.codec_runs),
+                    *(["--images", "2", "--large-images", "1"] if args.quick else [])])
+        results["codecs"] = json.loads((raw / "codecs.json").read_text())
 
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     results["loadavg_at_end"] = loadavg()

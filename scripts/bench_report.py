@@ -124,6 +124,91 @@ def _batches(rep: dict[str, Any]) -> str | None:
     return f"{b['mean_tiles']} ({', '.join(f'{k}:{v}' for k, v in b['sizes'].items())})" if b else None
 
 
+def litserve_section(r: dict[str, Any]) -> list[str]:
+    """Baseline 4: LitServe and the service in one block, the same multipart upload."""
+    ls = r.get("litserve") or {}
+    servers = ls.get("servers") or {}
+    if not servers:
+        return []
+    rows = []
+    for entry in servers.values():
+        for c, rep in (entry.get("runs") or {}).items():
+            lat = rep["latency_ms"]
+            check = entry.get("check") or {}
+            stop = entry.get("stop") or {}
+            rows.append([entry["description"], entry.get("processes", "-"), c, rep["throughput_rps"],
+                         lat["p50"], lat["p90"], lat["p99"], sum(rep["errors"].values()),
+                         rep.get("server_processes_cpu_ms_per_ok"), rep.get("foreign_cores"),
+                         check.get("labels_agree_with_service", "-"),
+                         f"exit {stop.get('exit_code')}, {stop.get('stop_seconds')} s, "
+                         f"{stop.get('stray_processes_killed')} stray" if stop else "-"])
+    parts = [f"## Baseline 4: LitServe on the same ONNX file (`{ls['model']}`)", "",
+             "Each server alone on the machine in turn, the same multipart upload (field `image`) from the "
+             "same load generator, closed loop. LitServe as its users write it (scripts/bench_litserve.py): "
+             "Pillow decode, cv2 resize only off the tile size, ORT session per worker, its own dynamic "
+             "batching (max_batch_size 4, batch_timeout 2 ms), argmax, paletted PNG. \"CPU ms/req\": CPU of "
+             "all the server's processes per answered request. \"labels agree\": share of pixels where "
+             "LitServe's mask names the service's class for the request image.", "",
+             _table(["server", "processes", "conc.", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors",
+                     "CPU ms/req", "others' cores", "labels agree", "shutdown"], rows), ""]
+    ours = servers.get("service", {}).get("runs") or {}
+    for key, entry in servers.items():
+        theirs = entry.get("runs") or {}
+        if key == "service" or not theirs:
+            continue
+        line = []
+        if _get(ours, "8", "throughput_rps") and _get(theirs, "8", "throughput_rps"):
+            a, b = ours["8"]["throughput_rps"], theirs["8"]["throughput_rps"]
+            line.append(f"req/s at concurrency 8 {a} vs {b} (**{a / b:.2f}x**)")
+        if _get(ours, "1", "latency_ms", "p99") and _get(theirs, "1", "latency_ms", "p99"):
+            a, b = ours["1"]["latency_ms"]["p99"], theirs["1"]["latency_ms"]["p99"]
+            line.append(f"p99 at concurrency 1 {a} vs {b} ms (**{a / b:.2f}x** LitServe's)")
+        if line:
+            parts += [f"- service vs {entry['description']}: " + "; ".join(line) + ".", ""]
+    return parts
+
+
+def layout_section(r: dict[str, Any]) -> list[str]:
+    lay = r.get("layout") or {}
+    if not lay.get("rows"):
+        return []
+    batches = lay["settings"]["batches"]
+    keys = list(dict.fromkeys((x["model"], x["layout"], x["spin"]) for x in lay["rows"]))
+    rows = []
+    for model, layout, spin in keys:
+        mine = {x["batch"]: x for x in lay["rows"]
+                if (x["model"], x["layout"], x["spin"]) == (model, layout, spin)}
+        rows.append([model, layout, "on" if spin else "off", *[_get(mine, b, "tiles_per_s") for b in batches],
+                     _get(mine, 1, "single_c1_median_ms")])
+    parts = ["## Execution layout: raw ONNX Runtime, sessions x intra-op threads (layout.md)", "",
+             f"`SxT`: S sessions of T threads, each session run by its own thread; load average at start "
+             f"{lay['machine']['loadavg_at_start']}. Median of {lay['settings']['windows']} windows of "
+             f"{lay['settings']['seconds']:g} s.", ""]
+    for model, c in (lay.get("conclusions") or {}).items():
+        t, lat = c["throughput"], c["latency_c1"]
+        parts.append(f"- `{model}`: throughput best with {t['layout']} at batch {t['batch']} (spin "
+                     f"{'on' if t['spin'] else 'off'}, {t['tiles_per_s']} tiles/s); concurrency-1 latency "
+                     f"best with {lat['layout']} ({lat['single_c1_median_ms']} ms).")
+    parts += ["", _table(["model", "layout", "spin", *[f"tiles/s, batch {b}" for b in batches],
+                          "c1 latency ms"], rows), ""]
+    return parts
+
+
+def codecs_section(r: dict[str, Any]) -> list[str]:
+    cod = r.get("codecs") or {}
+    if not cod.get("rows"):
+        return []
+    dec = [[x["format"], x["size"], x["codec"], x["median_ms"], f"{x['vs_reference']:.2f}x",
+            x["max_abs_diff_vs_pillow"], x.get("gil_gap_ms")] for x in cod["rows"] if x["kind"] == "decode"]
+    enc = [[x["format"], x["size"], x["codec"], x["median_ms"], f"{x['vs_reference']:.2f}x", x["output_kib"]]
+           for x in cod["rows"] if x["kind"] == "encode"]
+    return ["## Image codecs on one core (codecs.md)", "",
+            f"Median ms of {cod['settings']['runs']} interleaved rounds per input, pinned to one core.", "",
+            _table(["format", "size", "decoder", "ms", "vs Pillow", "max diff vs Pillow", "GIL gap ms"], dec),
+            "",
+            _table(["output", "size", "encoder", "ms", "vs paletted PNG", "KiB"], enc), ""]
+
+
 def markdown(r: dict[str, Any], out: Path) -> str:
     m = r["machine"]
     parts = [f"# Benchmark results ({r['started']} - {r.get('finished', '?')})", "",
@@ -249,6 +334,7 @@ def markdown(r: dict[str, Any], out: Path) -> str:
                            v.get("ours_no_spin_s", v["ours_s"]), v.get("ours_spin_s"), f"{v['speedup']}x",
                            " / ".join(str(x) for x in v["ours_split_s"].values()),
                            f"{v['label_agreement']:.4%}"] for k, v in p["modes"].items()]), ""]
+    parts += litserve_section(r) + layout_section(r) + codecs_section(r)
     if "rss_run" in r and r["rss_run"].get("rss"):
         rr = r["rss_run"]
         parts += ["## Memory under load", "",

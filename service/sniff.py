@@ -5,7 +5,8 @@ reads the width and height the header declares. Together they let the decoder
 refuse a decompression bomb (a tiny file declaring a huge canvas) without
 handing it to Pillow at all: some of Pillow's readers allocate at open time
 (the WebP canvas, a GIF frame's disposal buffer), and Pillow's own bomb check
-warns instead of failing below twice its limit.
+warns instead of failing below twice its limit. :func:`is_plain_png` says
+whether a PNG is one a plain decoder reads exactly as Pillow does.
 
 Plain byte arithmetic, no third-party code, bounded work: every loop advances
 through the data and stops after a fixed number of steps. For GIF the size is
@@ -185,6 +186,50 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
             if len(dims) == 2:
                 return dims[256], dims[257]
     return None
+
+
+# PNG chunks a plain decoder would ignore but Pillow reads something from: more
+# frames (APNG), a transparent colour, EXIF. And the text keywords Pillow takes
+# an EXIF block or an XMP orientation from (keywords end at a NUL, at most 79 bytes).
+_PNG_NOT_PLAIN = frozenset({b"acTL", b"tRNS", b"eXIf"})
+_PNG_TEXT = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+_PNG_ORIENTATION_KEYS = frozenset({b"exif", b"Raw profile type exif", b"XML:com.adobe.xmp"})
+
+
+def is_plain_png(data: bytes) -> bool:
+    """True for a complete, still, 8-bit grey, RGB or RGBA PNG with nothing else Pillow would read.
+
+    That is: IHDR declares bit depth 8 and colour type 0, 2 or 6; the chunks
+    are whole and end with IEND (bytes after it are ignored, as Pillow does);
+    there is no acTL (animation), tRNS (a transparent colour) or eXIf chunk
+    and no text chunk keyed ``exif``, ``Raw profile type exif`` or
+    ``XML:com.adobe.xmp`` (Pillow reads an EXIF orientation from those). For
+    such a file the pixels are fully determined by IHDR and IDAT, so any
+    correct decoder gives Pillow's. Chunk CRCs are not checked here. Walks
+    the chunk headers, at most ``MAX_STEPS`` of them (more: False).
+    """
+    if not data.startswith(_PNG) or len(data) < 33 or data[12:16] != b"IHDR":
+        return False
+    if data[24] != 8 or data[25] not in (0, 2, 6):  # bit depth, colour type
+        return False
+    pos = 8
+    for _ in range(MAX_STEPS):
+        if pos + 12 > len(data):
+            return False
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if end > len(data) or kind in _PNG_NOT_PLAIN:
+            return False
+        if kind == b"IEND":
+            return True
+        if kind in _PNG_TEXT:
+            start = pos + 8
+            stop = min(end - 4, start + 80)
+            nul = data.find(b"\0", start, stop)
+            if data[start:nul if nul >= 0 else stop] in _PNG_ORIENTATION_KEYS:
+                return False
+        pos = end
+    return False
 
 
 _READERS = {
