@@ -12,7 +12,7 @@ through the network (plus its mirror when flipping, as a batch of 2, as the
 original does), softmax, float64 accumulation, coverage division, crop,
 resize back, average over scales, argmax.
 
-Ours: the steps of ``service.pipeline.segment_offline`` / ``labels_offline``
+Ours: the steps of ``service.chain.Chain.labels``
 on the ONNX artifact through ``service.engine.Engine`` (tiles batched
 ``--max-batch`` at a time), timed as plan / run / stitch so the breakdown is
 visible; once with the server's engine settings (ORT spinning off) and once
@@ -45,10 +45,10 @@ import torch.nn.functional as F  # noqa: E402
 
 from model.convert import load_checkpoint  # noqa: E402
 from service.artifact import MULTISCALE  # noqa: E402
-from service.codecs import decode_image  # noqa: E402
+from service.chain import make_plan, run_chunked  # noqa: E402
+from service.decode import decode_image  # noqa: E402
 from service.engine import Engine  # noqa: E402
 from service.params import InferenceParams  # noqa: E402
-from service.pipeline import make_plan, run_chunked  # noqa: E402
 from service.tiling import stitch_labels  # noqa: E402
 
 # -- the reference procedure --------------------------------------------------------------------------

@@ -21,10 +21,10 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from service.artifact import ArtifactMeta
+from service.chain import labels_offline
 from service.engine import Engine
 from service.offline import read_image
 from service.params import resolve
-from service.pipeline import labels_offline
 from service.settings import DEFAULT_MODEL
 
 SWATCH, ROW, PAD = 14, 20, 6

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import hmac
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -25,13 +21,8 @@ from starlette.types import Message
 
 from service.artifact import MODES, ArtifactMeta, Mode
 from service.batcher import TileBatcher
-from service.codecs import (
-    class_summary,
-    decode_image,
-    encode_color_png,
-    encode_label_png,
-    encode_overlay,
-)
+from service.chain import Chain, DecodeLimits, Timings
+from service.encode import OverlayFormat
 from service.engine import Engine
 from service.errors import (
     PROBLEM_MEDIA_TYPE,
@@ -46,10 +37,11 @@ from service.errors import (
     problem_body,
     status_of,
 )
+from service.memory import MemoryBudget
 from service.metrics import Metrics
 from service.middleware import ObservabilityMiddleware
-from service.params import OUTPUTS, InferenceParams, Output, OverlayFormat, resolve
-from service.pipeline import Segmenter, Timings
+from service.outputs import FORMATS, OutputOptions, media_types, output_format
+from service.params import InferenceParams, resolve
 from service.settings import Settings
 
 log = logging.getLogger("pspnet.app")
@@ -65,7 +57,8 @@ class ServiceState:
     meta: ArtifactMeta | None = None
     engine: Engine | None = None
     batcher: TileBatcher | None = None
-    segmenter: Segmenter | None = None
+    chain: Chain | None = None
+    memory: MemoryBudget | None = None
     executor: ThreadPoolExecutor | None = None
     ready: bool = False
     warmup_seconds: float | None = None
@@ -155,7 +148,9 @@ def _auth(request: Request) -> None:
 
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
-    state = ServiceState(settings=settings, metrics=metrics)
+    state = ServiceState(settings=settings, metrics=metrics,
+                         memory=MemoryBudget(settings.max_memory_mb * 2**20,
+                                             on_reject=lambda: metrics.on_reject("memory")))
 
     async def warm_up() -> None:
         assert state.engine is not None
@@ -172,16 +167,16 @@ def create_app(settings: Settings) -> FastAPI:
         engine = await asyncio.to_thread(
             Engine, settings.model, provider=settings.provider,
             intra_op_threads=settings.intra_op_threads, inter_op_threads=settings.inter_op_threads,
-            max_batch=settings.max_batch, spin=settings.ort_spin)
+            max_batch=settings.max_batch, spin=settings.ort_spin, sessions=settings.sessions)
         state.engine, state.meta = engine, engine.meta
         state.executor = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="pspnet-cpu")
-        state.batcher = TileBatcher(engine.run, max_batch=settings.max_batch,
+        state.batcher = TileBatcher(engine.runners(), max_batch=settings.max_batch,
                                     max_wait_ms=settings.max_wait_ms,
                                     max_queue_tiles=settings.max_queue_tiles,
                                     max_queue_delay_s=settings.max_queue_delay_s, observer=metrics,
                                     tile_shape=(3, *engine.tile))
         await state.batcher.start()
-        state.segmenter = Segmenter(engine.meta, state.batcher, state.executor)
+        state.chain = Chain(engine.meta, DecodeLimits(settings.max_body_bytes, settings.max_pixels))
         m = engine.meta
         metrics.model_info.labels(name=m.name, dataset=m.dataset, provider=engine.provider,
                                   tile=f"{m.tile[0]}x{m.tile[1]}", classes=str(m.num_classes)).set(1)
@@ -267,7 +262,7 @@ def create_app(settings: Settings) -> FastAPI:
             "name": m.name, "dataset": m.dataset, "tile": list(m.tile),
             "classes": [{"id": i, "name": n, "color": list(c)}
                         for i, (n, c) in enumerate(zip(m.classes, m.palette, strict=True))],
-            "protocol": m.to_json()["protocol"], "modes": list(MODES), "outputs": list(OUTPUTS),
+            "protocol": m.to_json()["protocol"], "modes": list(MODES), "outputs": list(FORMATS),
             "provider": state.engine.provider, "source": m.source, "metrics": m.metrics,
         }]}
 
@@ -284,8 +279,7 @@ def create_app(settings: Settings) -> FastAPI:
             },
         },
         "responses": {
-            "200": {"description": "the segmentation",
-                    "content": {"image/png": {}, "image/jpeg": {}, "application/json": {}}},
+            "200": {"description": "the segmentation", "content": {t: {} for t in media_types()}},
             **{str(s): {"description": d, "content": {PROBLEM_MEDIA_TYPE: {}}} for s, d in [
                 (400, "bad parameters"), (401, "missing or wrong bearer token"),
                 (413, "body or pixel count over the limit, or more tiles than the queue holds"),
@@ -303,86 +297,65 @@ def create_app(settings: Settings) -> FastAPI:
         mode: Annotated[Mode | None, Query(description="whole | slide | multiscale")] = None,
         flip: Annotated[bool | None, Query(description="also run mirrored tiles and average")] = None,
         scales: Annotated[str | None, Query(description="comma-separated, e.g. 0.75,1.0,1.25")] = None,
-        output: Annotated[Output, Query(description="color | label | overlay | json")] = "color",
+        output: Annotated[str, Query(description=" | ".join(FORMATS),
+                                     json_schema_extra={"enum": list(FORMATS)})] = "color",
         format: Annotated[OverlayFormat, Query(description="overlay image format")] = "jpeg",
         include_mask: Annotated[bool, Query(description="json output: add the label PNG, base64")] = False,
     ) -> Response:
         """Segment one image: the raw body (Content-Type image/*) or multipart field ``image``."""
-        if not state.ready or state.segmenter is None or state.meta is None:
+        if not state.ready or state.chain is None or state.meta is None:
             raise NotReady("model is loading or warming up", retry_after=1)
-        if output not in OUTPUTS:
-            raise BadRequest(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        output_format(output)  # an unknown format is a 400 before the body is read
         params = resolve(state.meta.protocol, mode=mode, flip=flip, scales=scales,
                          max_scales=settings.max_scales)
         deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
         data, ctype = await _image_bytes(request, settings)
         if state.batcher is not None:
             state.batcher.check_room()  # refuse before decoding what could not be queued anyway
-        work = asyncio.ensure_future(_segment(state, data, ctype, params, output, format, include_mask,
-                                              deadline, request))
-        gone = asyncio.ensure_future(_until_disconnect(request.receive))
-        try:
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if not work.done():
-            # the client went away: cancelling drops its queued tiles before they run
+        options = OutputOptions.from_settings(settings, overlay_format=format, include_mask=include_mask)
+        assert state.memory is not None
+        # from the header, before decoding: an unreadable one costs nothing here, decoding refuses it
+        need = state.chain.peak_bytes(data, params, output) or 0
+        with state.memory.reserve(need):
+            work = asyncio.ensure_future(_segment(state, data, ctype, params, output, options, deadline,
+                                                  request))
+            gone = asyncio.ensure_future(_until_disconnect(request.receive))
+            try:
+                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            if work.done():
+                return work.result()
+            # the client went away: cancelling drops its queued tiles before they run (a stage
+            # already running in a thread finishes; its memory is released with the reservation)
             work.cancel()
-            metrics.on_reject("client_gone")
-            return Response(status_code=499)
-        return work.result()
+        metrics.on_reject("client_gone")
+        return Response(status_code=499)
 
     return app
 
 
 async def _segment(state: ServiceState, data: bytes, ctype: str | None, params: InferenceParams,
-                   output: str, fmt: OverlayFormat, include_mask: bool, deadline: float,
-                   request: Request) -> Response:
-    assert state.segmenter is not None and state.meta is not None and state.executor is not None
-    settings, meta, metrics = state.settings, state.meta, state.metrics
-    loop = asyncio.get_running_loop()
+                   output: str, options: OutputOptions, deadline: float, request: Request) -> Response:
+    assert state.chain is not None and state.batcher is not None and state.executor is not None
+    settings, metrics = state.settings, state.metrics
     timings = Timings()
     try:
         async with asyncio.timeout_at(deadline):
-            t0 = time.perf_counter()
-            decoded = await loop.run_in_executor(state.executor, partial(
-                decode_image, data, content_type=ctype, max_bytes=settings.max_body_bytes,
-                max_pixels=settings.max_pixels))
-            timings.add("decode", time.perf_counter() - t0)
-            labels, tiles = await state.segmenter.labels(decoded.rgb, params, deadline=deadline,
-                                                         timings=timings)
-            t0 = time.perf_counter()
-            body, media = await loop.run_in_executor(
-                state.executor, _encode, meta, settings, decoded.rgb, labels, output, fmt, include_mask)
-            timings.add("encode", time.perf_counter() - t0)
+            result = await state.chain.segment_batched(
+                data, params, output, options, batcher=state.batcher, executor=state.executor,
+                deadline=deadline, content_type=ctype, timings=timings)
     except TimeoutError:
         metrics.on_reject("deadline")
         raise DeadlineExceeded(f"not finished within {settings.request_timeout_s:g} s") from None
     for stage, seconds in timings.stages.items():
         metrics.stage.labels(stage=stage).observe(seconds)
+    labels = result.labels
     request.scope["state"]["log_extra"] = {
-        "mode": params.mode, "scales": list(params.scales), "flip": params.flip, "tiles": tiles,
+        "mode": params.mode, "scales": list(params.scales), "flip": params.flip, "tiles": result.tiles,
         "output": output, "width": int(labels.shape[1]), "height": int(labels.shape[0]),
         "stages_ms": {k: round(v * 1000, 2) for k, v in timings.stages.items()},
     }
-    return Response(body, media_type=media, headers={
-        "server-timing": timings.header(), "x-pspnet-tiles": str(tiles), "x-pspnet-mode": params.mode})
-
-
-def _encode(meta: ArtifactMeta, settings: Settings, rgb: np.ndarray, labels: np.ndarray, output: str,
-            fmt: OverlayFormat, include_mask: bool) -> tuple[bytes, str]:
-    if output == "color":
-        return encode_color_png(labels, meta.palette), "image/png"
-    if output == "label":
-        return encode_label_png(labels, meta.num_classes), "image/png"
-    if output == "overlay":
-        img = encode_overlay(rgb, labels, meta.palette, alpha=settings.overlay_alpha, fmt=fmt,
-                             quality=settings.jpeg_quality)
-        return img, "image/png" if fmt == "png" else "image/jpeg"
-    doc: dict[str, Any] = {
-        "model": meta.name, "width": int(labels.shape[1]), "height": int(labels.shape[0]),
-        "classes": class_summary(labels, meta.classes, meta.palette),
-    }
-    if include_mask:
-        doc["mask"] = base64.b64encode(encode_label_png(labels, meta.num_classes)).decode("ascii")
-    return json.dumps(doc, separators=(",", ":")).encode(), "application/json"
+    return Response(result.encoded.body, media_type=result.encoded.media_type, headers={
+        "server-timing": timings.header(), "x-pspnet-tiles": str(result.tiles),
+        "x-pspnet-mode": params.mode})

@@ -40,7 +40,7 @@ from service.benchprobe import (
     stage_means_ms,
 )
 from service.loadgen import LoadSpec, Sample, run_load, summarise
-from service.params import OUTPUTS
+from service.outputs import OUTPUTS
 
 MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
          ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff", ".gif": "image/gif"}

@@ -1,29 +1,43 @@
-"""The serving path as a chain of small steps: plan tiles -> batch -> run -> stitch -> labels.
+"""The serving chain: decode -> plan -> run -> stitch -> encode, one object for every front end.
 
-:class:`Segmenter` is the asynchronous path used by the HTTP app (tiles go
-through the cross-request batcher); :func:`segment_offline` is the same chain
-run synchronously on an :class:`~service.engine.Engine` (the ``segment`` and
-``evaluate`` commands and the protocol parity tests). CPU-heavy steps run in
-the given executor, never on the event loop.
+Each step is a small function tested on its own; :class:`Chain` strings them
+together for one artifact, two ways:
+
+* :meth:`Chain.segment` synchronously, tiles run on an engine in chunks of
+  ``max_batch`` (``pspnet-serve segment``, ``evaluate``, scripts);
+* :meth:`Chain.segment_batched` asynchronously, tiles through the cross-request
+  batcher and CPU-heavy steps in an executor, never on the event loop (the
+  HTTP app).
+
+Both record the seconds of each stage in a :class:`Timings`. A new front end is
+one call to one of them; a new output format is one entry of
+:data:`service.outputs.FORMATS`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
-from service.artifact import ArtifactMeta
+from service.artifact import LABELS_NAME, ArtifactMeta
+from service.decode import DecodedImage, decode_image
 from service.errors import BadRequest
+from service.memory import request_peak_bytes
+from service.outputs import Encoded, OutputOptions, encode_output
 from service.params import InferenceParams
-from service.tiling import TilePlan, label_dtype, plan_tiles, stitch, stitch_labels
+from service.sniff import declared_size, sniff_format
+from service.tiling import TilePlan, plan_tiles, stitch_labels
+from service.windows import plan_geometry
 
 Runner = Callable[[np.ndarray], np.ndarray]
+T = TypeVar("T")
 
 
 @dataclass
@@ -35,80 +49,235 @@ class Timings:
     def add(self, stage: str, seconds: float) -> None:
         self.stages[stage] = self.stages.get(stage, 0.0) + seconds
 
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)
+
     def header(self) -> str:
         return ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in self.stages.items())
 
 
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds of what :func:`decode` accepts (the service's settings; offline: effectively none)."""
+
+    max_bytes: int
+    max_pixels: int
+
+
+#: local files read by the offline commands: the decoder's own checks, no size policy
+NO_LIMITS = DecodeLimits(max_bytes=1 << 31, max_pixels=1 << 31)
+
+
+# --- the steps -------------------------------------------------------------------------------------
+
+def decode(data: bytes, content_type: str | None, limits: DecodeLimits) -> DecodedImage:
+    """Upload bytes -> the RGB frame (service.decode: hostile input refused with its status)."""
+    return decode_image(data, content_type=content_type, max_bytes=limits.max_bytes,
+                        max_pixels=limits.max_pixels)
+
+
 def make_plan(meta: ArtifactMeta, image: np.ndarray, params: InferenceParams) -> TilePlan:
+    """The image's tiles for these parameters; geometry it cannot be planned for is a 400."""
     p = meta.protocol
-    return plan_tiles(image, tile=meta.tile, mode=params.mode, scales=params.scales, flip=params.flip,
-                      base_size=p.base_size, stride_rate=p.stride_rate, mean=meta.mean)
-
-
-def labels_from_probs(probs: np.ndarray, num_classes: int) -> np.ndarray:
-    """Argmax over classes as the smallest unsigned type that holds every id."""
-    labels: np.ndarray = np.argmax(probs, axis=-1).astype(label_dtype(num_classes))
-    return labels
+    try:
+        return plan_tiles(image, tile=meta.tile, mode=params.mode, scales=params.scales, flip=params.flip,
+                          base_size=p.base_size, stride_rate=p.stride_rate, mean=meta.mean)
+    except ValueError as e:  # e.g. a 1 x 40000 image at scale 0.5 shrinks to nothing
+        raise BadRequest(f"cannot segment a {image.shape[1]}x{image.shape[0]} image this way: {e}") from None
 
 
 def run_chunked(run: Runner, tiles: np.ndarray, max_batch: int) -> np.ndarray:
+    """Logits of ``tiles``, run ``max_batch`` at a time."""
     outs = [run(tiles[i:i + max_batch]) for i in range(0, len(tiles), max_batch)]
     return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
 
-def segment_offline(meta: ArtifactMeta, run: Runner, image: np.ndarray, params: InferenceParams,
-                    *, max_batch: int) -> np.ndarray:
-    """Per-pixel probabilities (H, W, C) for one image, synchronously."""
-    plan = make_plan(meta, image, params)
-    return stitch(plan, run_chunked(run, plan.tiles, max_batch))
-
-
-def labels_offline(meta: ArtifactMeta, run: Runner, image: np.ndarray, params: InferenceParams,
-                   *, max_batch: int) -> np.ndarray:
-    """Label map (H, W) for one image, synchronously (argmax of the float64 probabilities)."""
-    plan = make_plan(meta, image, params)
-    labels: np.ndarray = stitch_labels(plan, run_chunked(run, plan.tiles, max_batch))
+def stitch(plan: TilePlan, logits: np.ndarray) -> np.ndarray:
+    """Tile logits -> the label map of the original image (the official procedure's argmax)."""
+    labels: np.ndarray = stitch_labels(plan, logits)
     return labels
 
 
 class TileSubmitter(Protocol):
-    """What the Segmenter needs of the batcher (service.batcher.TileBatcher)."""
+    """What the batched chain needs of the batcher (service.batcher.TileBatcher)."""
 
-    async def submit(self, tiles: np.ndarray, *, deadline: float) -> np.ndarray: ...
+    @property
+    def outputs(self) -> tuple[str, ...]: ...
+
+    async def submit(self, tiles: np.ndarray, *, deadline: float, output: str = ...) -> np.ndarray: ...
 
 
-class Segmenter:
-    def __init__(self, meta: ArtifactMeta, batcher: TileSubmitter, executor: Executor) -> None:
+@dataclass(frozen=True)
+class Segmentation:
+    """What one pass of the chain produced."""
+
+    image: DecodedImage
+    labels: np.ndarray  # (H, W) uint8, uint16 beyond 256 classes
+    tiles: int
+    encoded: Encoded
+    timings: Timings
+
+
+def graph_labels_window(plan: TilePlan) -> tuple[int, int, int, int] | None:
+    """Where the image lies in its one tile when the artifact's in-graph ``labels`` are the answer.
+
+    One scale, one window, no mirror and no resize back (``whole`` on an image of the tile's
+    size, ``slide`` on an image the base size leaves inside one tile): the official value of a
+    pixel is that window's softmax, whose argmax is the argmax of the logits, which the graph
+    computes (first class on ties). ``(top, left, height, width)``, or None for any other plan.
+    """
+    if len(plan.scales) != 1 or plan.flip:
+        return None
+    geom = plan.scales[0]
+    if geom.num_windows != 1 or geom.size != plan.image_size:
+        return None
+    return (*geom.pad, *geom.size)
+
+
+def crop_labels(labels: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """The image's part of a one-tile label map ``(1, H, W)``, contiguous."""
+    top, left, h, w = window
+    return np.ascontiguousarray(labels[0, top:top + h, left:left + w])
+
+
+class OutputsEngine(Protocol):
+    """What :func:`labels_runner` needs of service.engine.Engine."""
+
+    @property
+    def outputs(self) -> tuple[str, ...]: ...
+
+    def run_outputs(self, tiles: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]: ...
+
+
+def labels_runner(engine: OutputsEngine) -> Runner | None:
+    """``tiles -> in-graph labels`` of an engine whose artifact has them; None otherwise."""
+    if LABELS_NAME not in engine.outputs:
+        return None
+
+    def run(tiles: np.ndarray) -> np.ndarray:
+        return engine.run_outputs(tiles, (LABELS_NAME,))[LABELS_NAME]
+
+    return run
+
+
+def labels_offline(meta: ArtifactMeta, run: Runner, image: np.ndarray, params: InferenceParams,
+                   *, max_batch: int) -> np.ndarray:
+    """Label map (H, W) for one RGB image, synchronously (scripts and tests that hold no Chain)."""
+    labels, _ = Chain(meta, NO_LIMITS).labels(image, params, run=run, max_batch=max_batch)
+    return labels
+
+
+# --- the chain -------------------------------------------------------------------------------------
+
+class Chain:
+    """decode -> plan -> run -> stitch -> encode for one artifact, with fixed decode limits."""
+
+    def __init__(self, meta: ArtifactMeta, limits: DecodeLimits) -> None:
         self.meta = meta
-        self.batcher = batcher
-        self.executor = executor
+        self.limits = limits
 
-    async def _cpu(self, timings: Timings, stage: str, fn: Callable[..., object], *args: object) -> object:
-        loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
-        try:
-            return await loop.run_in_executor(self.executor, fn, *args)
-        finally:
-            timings.add(stage, time.perf_counter() - t0)
+    def peak_bytes(self, data: bytes, params: InferenceParams, output: str) -> int | None:
+        """The most memory the request will hold, read from the image header before decoding.
 
-    async def labels(self, image: np.ndarray, params: InferenceParams, *, deadline: float,
-                     timings: Timings) -> tuple[np.ndarray, int]:
-        """Label map (H, W) for ``image`` and the number of tiles it took."""
-        plan = await self._cpu(timings, "plan", _plan_request, self.meta, image, params)
-        assert isinstance(plan, TilePlan)
-        t0 = time.perf_counter()
-        try:
-            logits = await self.batcher.submit(plan.tiles, deadline=deadline)
-        finally:
-            timings.add("batch", time.perf_counter() - t0)
-        labels = await self._cpu(timings, "stitch", stitch_labels, plan, logits)
-        assert isinstance(labels, np.ndarray)
-        return labels, len(plan.tiles)
+        None when the header cannot be read or the geometry cannot be planned: decoding or planning
+        then refuses the request with the right status. EXIF orientation may swap the sides, so both
+        readings are costed and the larger kept.
+        """
+        fmt = sniff_format(data)
+        size = declared_size(data, fmt) if fmt is not None else None
+        if size is None or size[0] < 1 or size[1] < 1:
+            return None
+        p, costs = self.meta.protocol, []
+        for height, width in ((size[1], size[0]), (size[0], size[1])):
+            try:
+                geometry = plan_geometry(height, width, tile=self.meta.tile, mode=params.mode,
+                                         scales=params.scales, flip=params.flip, base_size=p.base_size,
+                                         stride_rate=p.stride_rate)
+            except ValueError:
+                return None
+            costs.append(request_peak_bytes(height, width, geometry, num_classes=self.meta.num_classes,
+                                            tile=self.meta.tile, output=output, body_bytes=len(data)))
+        return max(costs)
+
+    # synchronous
+
+    def segment(self, data: bytes, params: InferenceParams, output: str, options: OutputOptions, *,
+                run: Runner, max_batch: int, run_labels: Runner | None = None,
+                content_type: str | None = None) -> Segmentation:
+        """Every step in this thread; tiles run on ``run`` ``max_batch`` at a time."""
+        timings = Timings()
+        with timings.stage("decode"):
+            image = decode(data, content_type, self.limits)
+        labels, tiles = self.labels(image.rgb, params, run=run, max_batch=max_batch, run_labels=run_labels,
+                                    timings=timings)
+        with timings.stage("encode"):
+            encoded = encode_output(output, self.meta, image.rgb, labels, options)
+        return Segmentation(image, labels, tiles, encoded, timings)
+
+    def labels(self, rgb: np.ndarray, params: InferenceParams, *, run: Runner, max_batch: int,
+               run_labels: Runner | None = None, timings: Timings | None = None) -> tuple[np.ndarray, int]:
+        """Label map (H, W) of a decoded image and the number of tiles it took, synchronously.
+
+        ``run_labels`` (:func:`labels_runner`) fetches the in-graph labels instead of the logits
+        where they are the answer (:func:`graph_labels_window`).
+        """
+        timings = Timings() if timings is None else timings
+        with timings.stage("plan"):
+            plan = make_plan(self.meta, rgb, params)
+        window = graph_labels_window(plan) if run_labels is not None else None
+        if run_labels is not None and window is not None:
+            with timings.stage("run"):
+                ids = run_labels(plan.tiles)
+            with timings.stage("stitch"):
+                return crop_labels(ids, window), plan.num_tiles
+        with timings.stage("run"):
+            logits = run_chunked(run, plan.tiles, max_batch)
+        with timings.stage("stitch"):
+            labels = stitch(plan, logits)
+        return labels, plan.num_tiles
+
+    # through the batcher
+
+    async def segment_batched(self, data: bytes, params: InferenceParams, output: str,
+                              options: OutputOptions, *, batcher: TileSubmitter, executor: Executor,
+                              deadline: float, content_type: str | None = None,
+                              timings: Timings | None = None) -> Segmentation:
+        """The same steps: CPU work in ``executor``, tiles through ``batcher`` by ``deadline``.
+
+        ``timings`` (a fresh one if None) is filled as the stages finish, so a caller that
+        times out still sees how far the request got.
+        """
+        timings = Timings() if timings is None else timings
+        image = await _in(executor, timings, "decode", decode, data, content_type, self.limits)
+        labels, tiles = await self.labels_batched(image.rgb, params, batcher=batcher, executor=executor,
+                                                  deadline=deadline, timings=timings)
+        encoded = await _in(executor, timings, "encode", encode_output, output, self.meta, image.rgb,
+                            labels, options)
+        return Segmentation(image, labels, tiles, encoded, timings)
+
+    async def labels_batched(self, rgb: np.ndarray, params: InferenceParams, *, batcher: TileSubmitter,
+                             executor: Executor, deadline: float,
+                             timings: Timings) -> tuple[np.ndarray, int]:
+        """Label map (H, W) of a decoded image and the number of tiles it took."""
+        plan = await _in(executor, timings, "plan", make_plan, self.meta, rgb, params)
+        window = graph_labels_window(plan) if LABELS_NAME in batcher.outputs else None
+        if window is not None:
+            with timings.stage("batch"):
+                ids = await batcher.submit(plan.tiles, deadline=deadline, output=LABELS_NAME)
+            with timings.stage("stitch"):  # a crop of one tile's ids: no need for a thread
+                return crop_labels(ids, window), plan.num_tiles
+        with timings.stage("batch"):
+            logits = await batcher.submit(plan.tiles, deadline=deadline)
+        labels = await _in(executor, timings, "stitch", stitch, plan, logits)
+        return labels, plan.num_tiles
 
 
-def _plan_request(meta: ArtifactMeta, image: np.ndarray, params: InferenceParams) -> TilePlan:
-    """make_plan for a client's image: geometry it cannot be planned for is the client's 400."""
-    try:
-        return make_plan(meta, image, params)
-    except ValueError as e:  # e.g. a 1 x 40000 image at scale 0.5 shrinks to nothing
-        raise BadRequest(f"cannot segment a {image.shape[1]}x{image.shape[0]} image this way: {e}") from None
+async def _in(executor: Executor, timings: Timings, stage: str, fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` in ``executor``, its wall time added to ``stage``."""
+    with timings.stage(stage):
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)

@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from service.tiling import label_dtype
+
 # zlib level for every PNG written here. Measured on ten CamVid 360x480 label
 # maps, 12 colours, CPU time per encode on a loaded 2-core box, two runs of
 # tests/service/bench_png_levels.py; colour mask / label PNG:
@@ -83,8 +85,7 @@ def encode_color_png(labels: np.ndarray, palette: Palette) -> bytes:
 def encode_label_png(labels: np.ndarray, num_classes: int) -> bytes:
     """Class ids as greyscale PNG pixels: 8-bit, or 16-bit when there are more than 256 classes."""
     check_labels(labels, num_classes)
-    dtype = np.uint8 if num_classes <= 256 else np.uint16
-    return _png(Image.fromarray(np.ascontiguousarray(labels, dtype=dtype)))  # mode L or I;16
+    return _png(Image.fromarray(np.ascontiguousarray(labels, dtype=label_dtype(num_classes))))  # L or I;16
 
 
 def encode_overlay(

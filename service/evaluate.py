@@ -18,12 +18,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from service.artifact import ArtifactMeta
+from service.chain import NO_LIMITS, Chain, labels_runner
 from service.engine import Engine
 from service.errors import ServiceError
 from service.folders import paired_files
 from service.offline import add_inference_flags, load_engine, read_image
 from service.params import InferenceParams, resolve
-from service.pipeline import labels_offline
 from service.scoring import confusion_matrix, scores
 
 
@@ -32,6 +32,8 @@ def evaluate(engine: Engine, pairs: list[tuple[Path, Path]], params: InferencePa
     from tqdm import tqdm
 
     meta = engine.meta
+    chain = Chain(meta, NO_LIMITS)
+    fetch_labels = labels_runner(engine)
     n = meta.num_classes
     cm = np.zeros((n, n), np.int64)
     t0 = time.perf_counter()
@@ -41,7 +43,7 @@ def evaluate(engine: Engine, pairs: list[tuple[Path, Path]], params: InferencePa
         label = np.asarray(Image.open(lab_path))
         if label.ndim != 2 or label.shape != img.rgb.shape[:2]:
             raise ValueError(f"label {lab_path} ({label.shape}) does not match image {img.rgb.shape[:2]}")
-        pred = labels_offline(meta, engine.run, img.rgb, params, max_batch=max_batch)
+        pred, _ = chain.labels(img.rgb, params, run=engine.run, run_labels=fetch_labels, max_batch=max_batch)
         cm += confusion_matrix(pred, label, n)
     result = scores(cm)
     return {

@@ -1,30 +1,24 @@
-"""``pspnet-serve segment``: segment image files through the serving engine, no HTTP."""
+"""``pspnet-serve segment``: segment image files through the serving chain, no HTTP."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from service.artifact import MODES, ArtifactError
-from service.codecs import (
-    DecodedImage,
-    class_summary,
-    decode_image,
-    encode_color_png,
-    encode_label_png,
-    encode_overlay,
-)
+from service.chain import NO_LIMITS, Chain, decode, labels_runner
+from service.decode import DecodedImage
 from service.engine import Engine
 from service.errors import ServiceError
-from service.params import OUTPUTS, resolve
-from service.pipeline import labels_offline
-from service.settings import DEFAULT_MODEL
+from service.outputs import FORMATS, OutputOptions
+from service.params import resolve
+from service.settings import DEFAULT_MODEL, Settings
 
-SUFFIX = {"color": ".png", "label": ".png", "overlay": ".jpg", "json": ".json"}
+#: the settings that shape outputs, as flags of ``segment`` (env PSPNET_* as for the server)
+OUTPUT_SETTINGS = ("overlay_alpha", "jpeg_quality")
 
 
 def add_inference_flags(p: argparse.ArgumentParser) -> None:
@@ -39,7 +33,7 @@ def add_inference_flags(p: argparse.ArgumentParser) -> None:
 
 def read_image(path: Path) -> DecodedImage:
     """A local file through the service's own decoder (EXIF, modes, first frame), no size limits."""
-    return decode_image(path.read_bytes(), content_type=None, max_bytes=1 << 31, max_pixels=1 << 31)
+    return decode(path.read_bytes(), None, NO_LIMITS)
 
 
 def load_engine(args: argparse.Namespace) -> Engine:
@@ -51,40 +45,47 @@ def load_engine(args: argparse.Namespace) -> Engine:
         raise SystemExit(2) from None
 
 
+def output_options(args: argparse.Namespace) -> OutputOptions:
+    """The server's settings (env, then flags) and the command's own choices, as for a request."""
+    from service.cli import settings_from
+
+    args.setting_model = str(args.model)
+    settings: Settings = settings_from(args)
+    return OutputOptions.from_settings(settings, overlay_format=args.overlay_format,
+                                       include_mask=args.include_mask)
+
+
 def segment_main(argv: list[str]) -> int:
+    from service.cli import add_settings_flags
+
     p = argparse.ArgumentParser(prog="pspnet-serve segment", description=__doc__)
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
-    p.add_argument("--output", choices=OUTPUTS, default="color")
+    p.add_argument("--output", choices=list(FORMATS), default="color")
+    p.add_argument("--overlay-format", choices=("jpeg", "png"), default="jpeg",
+                   help="file format of --output overlay")
+    p.add_argument("--include-mask", action="store_true", help="--output json: add the label PNG, base64")
+    add_settings_flags(p, only=OUTPUT_SETTINGS)
     add_inference_flags(p)
     args = p.parse_args(argv)
+    options = output_options(args)
     engine = load_engine(args)
-    meta = engine.meta
+    chain = Chain(engine.meta, NO_LIMITS)
     try:
-        params = resolve(meta.protocol, mode=args.mode, flip=args.flip, scales=args.scales, max_scales=32)
+        params = resolve(engine.meta.protocol, mode=args.mode, flip=args.flip, scales=args.scales,
+                         max_scales=32)
     except ServiceError as e:
         p.error(str(e))
     args.out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for path in tqdm(args.images, desc="segment", unit="img", dynamic_ncols=True):
         try:
-            img = read_image(path)
+            result = chain.segment(path.read_bytes(), params, args.output, options, run=engine.run,
+                                   run_labels=labels_runner(engine), max_batch=args.max_batch)
         except (OSError, ServiceError) as e:
             tqdm.write(f"skipped {path}: {e}")
             failed += 1
             continue
-        labels = labels_offline(meta, engine.run, img.rgb, params, max_batch=args.max_batch)
-        target = args.out / (path.stem + SUFFIX[args.output])
-        if args.output == "color":
-            target.write_bytes(encode_color_png(labels, meta.palette))
-        elif args.output == "label":
-            target.write_bytes(encode_label_png(labels, meta.num_classes))
-        elif args.output == "overlay":
-            target.write_bytes(encode_overlay(img.rgb, labels, meta.palette, alpha=0.5, fmt="jpeg",
-                                              quality=90))
-        else:
-            target.write_text(json.dumps({"model": meta.name, "width": int(labels.shape[1]),
-                                          "height": int(labels.shape[0]),
-                                          "classes": class_summary(labels, meta.classes, meta.palette)}))
+        (args.out / (path.stem + result.encoded.suffix)).write_bytes(result.encoded.body)
     print(f"{len(args.images) - failed} segmented into {args.out}" + (f", {failed} failed" if failed else ""))
     return 1 if failed else 0

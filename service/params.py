@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 from service.artifact import MODES, MULTISCALE, Mode, Protocol
 from service.errors import BadRequest
 
-Output = Literal["color", "label", "overlay", "json"]
-OUTPUTS: tuple[Output, ...] = get_args(Output)
-OverlayFormat = Literal["jpeg", "png"]
 MIN_SCALE, MAX_SCALE = 0.1, 4.0
 
 

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
         "auto", description="execution provider: auto = CUDA when available, else CPU")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = one per core)")
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads")
+    sessions: int = Field(1, ge=1, le=64, description="ONNX Runtime sessions running batches side by side; "
+                          "intra-op threads 0 then gives each cores // sessions threads")
     ort_spin: bool = Field(False, description="let ONNX Runtime's CPU threads busy-wait between ops: "
                            "lower latency when the cores are the model's alone, less throughput under load")
     cpu_workers: int = Field(2, ge=1, le=64,
@@ -40,6 +42,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0, description="per-request deadline (504 when exceeded)")
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest accepted upload (413)")
     max_pixels: int = Field(40_000_000, ge=1, description="largest accepted image, width x height (413)")
+    max_memory_mb: int = Field(
+        4096, ge=1, description="memory the requests in flight may hold together, estimated from each "
+        "image's header before decoding: beyond it 503, a request that alone exceeds it 413")
     max_scales: int = Field(8, ge=1, le=32, description="most scales one request may ask for")
     warmup: bool = Field(True, description="run every batch size once before reporting ready")
     auth_token: SecretStr | None = Field(

@@ -8,14 +8,14 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import service.app
+import service.chain
 from service.engine import Engine
 from tests.service.api_client import metric_samples, png_bytes, serving
 from tests.service.tiny_model import build_tiny_artifact, tiny_palette
@@ -26,15 +26,16 @@ PROBLEM = "application/problem+json"
 
 @pytest.fixture
 def slow_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-    """Engine.run blocks until the returned event is set (or 5 s pass)."""
+    """Engine.run_outputs (every batch) blocks until the returned event is set (or 5 s pass)."""
     gate = threading.Event()
-    original = Engine.run
+    original = Engine.run_outputs
 
-    def run(self: Engine, tiles: np.ndarray) -> np.ndarray:
+    def run(self: Engine, tiles: np.ndarray, names: Sequence[str], *,
+            session: int = 0) -> dict[str, np.ndarray]:
         gate.wait(5)
-        return original(self, tiles)
+        return original(self, tiles, names, session=session)
 
-    monkeypatch.setattr(Engine, "run", run)
+    monkeypatch.setattr(Engine, "run_outputs", run)
     yield gate
     gate.set()
 
@@ -201,13 +202,13 @@ async def test_request_bigger_than_the_queue_is_413(model: Path) -> None:
 async def test_full_queue_sheds_with_503_at_once(model: Path, slow_engine: threading.Event,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     decodes: list[int] = []
-    real_decode = service.app.decode_image
+    real_decode = service.chain.decode_image
 
     def counting_decode(*args: object, **kwargs: object) -> object:
         decodes.append(1)
         return real_decode(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(service.app, "decode_image", counting_decode)
+    monkeypatch.setattr(service.chain, "decode_image", counting_decode)
     async with serving(model, max_queue_tiles=4, max_batch=1, warmup=False) as c:
         # the first request's tile is taken by the blocked runner, the next fill the queue
         first = [asyncio.create_task(c.post("/v1/segment?mode=whole", **_raw(png_bytes())))

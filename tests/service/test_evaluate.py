@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.chain import labels_offline
 from service.cli import main
 from service.engine import Engine
 from service.offline import read_image
 from service.params import resolve
-from service.pipeline import labels_offline
 from service.scoring import confusion_matrix, scores
 from tests.service.api_client import png_bytes
 from tests.service.tiny_model import build_tiny_artifact

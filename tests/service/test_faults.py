@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -41,20 +41,22 @@ PROBLEM = "application/problem+json"
 
 @pytest.fixture
 def gated_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    """Engine.run waits for ``gate`` (5 s at most); ``fail`` makes the next call raise after it."""
+    """Every batch (Engine.run_outputs) waits for ``gate`` (5 s at most); ``fail`` makes the next
+    call raise after it."""
     ctl: dict[str, Any] = {"gate": threading.Event(), "fail": 0, "calls": 0, "entered": threading.Event()}
-    original = Engine.run
+    original = Engine.run_outputs
 
-    def run(self: Engine, tiles: np.ndarray) -> np.ndarray:
+    def run(self: Engine, tiles: np.ndarray, names: Sequence[str], *,
+            session: int = 0) -> dict[str, np.ndarray]:
         ctl["calls"] += 1
         ctl["entered"].set()
         ctl["gate"].wait(5)
         if ctl["fail"]:
             ctl["fail"] -= 1
             raise RuntimeError("CUDA error: an illegal memory access at 0xdeadbeef")
-        return original(self, tiles)
+        return original(self, tiles, names, session=session)
 
-    monkeypatch.setattr(Engine, "run", run)
+    monkeypatch.setattr(Engine, "run_outputs", run)
     yield ctl
     ctl["gate"].set()
 
@@ -250,20 +252,20 @@ async def test_client_disconnect_frees_its_queued_tiles(model: Path, gated_engin
 
 # -- SIGTERM under load, against the real process --------------------------------------------------
 
-#: The server process with Engine.run held until the test creates the gate file (then 0.1 s per
-#: batch): so every request is surely in flight when SIGTERM arrives, and drains after it. The real
-#: CLI, uvicorn and signal handling run unchanged.
+#: The server process with every batch (Engine.run_outputs) held until the test creates the gate
+#: file (then 0.1 s per batch): so every request is surely in flight when SIGTERM arrives, and
+#: drains after it. The real CLI, uvicorn and signal handling run unchanged.
 GATED_SERVER = """
 import os, sys, time
 from service.engine import Engine
-_run = Engine.run
-def _gated(self, tiles):
+_run = Engine.run_outputs
+def _gated(self, tiles, names, *, session=0):
     end = time.monotonic() + 30
     while not os.path.exists(os.environ["GATE_FILE"]) and time.monotonic() < end:
         time.sleep(0.01)
     time.sleep(0.1)
-    return _run(self, tiles)
-Engine.run = _gated
+    return _run(self, tiles, names, session=session)
+Engine.run_outputs = _gated
 from service.cli import main
 sys.exit(main(sys.argv[1:]))
 """
