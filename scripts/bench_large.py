@@ -38,18 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # runnable from a checkout
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from reliability_memory import vm  # noqa: E402
 from reliability_overload import start_server, wait_ready  # noqa: E402
 
 from service.localserver import free_port  # noqa: E402
 
 MB = 2**20
-
-
-def vm(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
 
 
 def large_jpeg(image: Path, height: int, width: int, quality: int = 90) -> bytes:

@@ -8,7 +8,6 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,22 +21,6 @@ from tests.service.tiny_model import build_tiny_artifact, tiny_palette
 
 pytestmark = pytest.mark.anyio
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture
-def slow_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-    """Engine.run_outputs (every batch) blocks until the returned event is set (or 5 s pass)."""
-    gate = threading.Event()
-    original = Engine.run_outputs
-
-    def run(self: Engine, tiles: np.ndarray, names: Sequence[str], *,
-            session: int = 0) -> dict[str, np.ndarray]:
-        gate.wait(5)
-        return original(self, tiles, names, session=session)
-
-    monkeypatch.setattr(Engine, "run_outputs", run)
-    yield gate
-    gate.set()
 
 
 def _raw(body: bytes, ctype: str = "image/png") -> dict[str, object]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import tracemalloc
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +80,9 @@ def test_the_estimate_bounds_the_measured_peak(wide_engine: Engine, size: tuple[
 
     Pillow's own buffers are not traced, so the decode stage is under-counted here; the estimate's
     slack against real RSS is measured by scripts/reliability_memory.py (RELIABILITY.md). Measured
-    estimate / traced peak over these cases: 1.05 to 1.92 (the largest where Pillow's untraced frame
-    is most of the request); 1.27 and 1.39 at 6 MP. The upper bound keeps the estimate from drifting.
+    estimate / traced peak over these cases, with the estimate's RSS factor of 1.25: 1.31 to 2.36
+    (the largest where Pillow's untraced frame is most of the request); 1.53 and 1.69 at 6 MP. The
+    upper bound keeps the estimate from drifting.
     """
     chain = Chain(wide_engine.meta, NO_LIMITS)
     rng = np.random.default_rng(0)
@@ -92,27 +92,12 @@ def test_the_estimate_bounds_the_measured_peak(wide_engine: Engine, size: tuple[
     peak = _traced_peak(lambda: chain.segment(data, params, output, OutputOptions(), run=wide_engine.run,
                                               max_batch=4))
     assert peak <= estimate, f"measured {peak / MB:.1f} MB over the estimate {estimate / MB:.1f} MB"
-    assert estimate <= 2.0 * peak, f"estimate {estimate / MB:.1f} MB is loose against {peak / MB:.1f} MB"
+    assert estimate <= 2.5 * peak, f"estimate {estimate / MB:.1f} MB is loose against {peak / MB:.1f} MB"
 
 
 def test_an_unreadable_header_is_left_to_the_decoder(wide_engine: Engine) -> None:
     chain = Chain(wide_engine.meta, NO_LIMITS)
     assert chain.peak_bytes(b"not an image", InferenceParams("slide", (1.0,), False), "color") is None
-
-
-@pytest.fixture
-def slow_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-    gate = threading.Event()
-    original = Engine.run_outputs
-
-    def run(self: Engine, tiles: np.ndarray, names: Sequence[str], *,
-            session: int = 0) -> dict[str, np.ndarray]:
-        gate.wait(5)
-        return original(self, tiles, names, session=session)
-
-    monkeypatch.setattr(Engine, "run_outputs", run)
-    yield gate
-    gate.set()
 
 
 @pytest.mark.anyio
