@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,6 +17,7 @@ from service.chain import (
     Timings,
     decode,
     labels_offline,
+    labels_runner,
     make_plan,
     run_chunked,
     stitch,
@@ -138,3 +140,44 @@ def test_the_chain_refuses_what_its_limits_refuse(engine: Engine) -> None:
     chain = Chain(engine.meta, DecodeLimits(max_bytes=1 << 20, max_pixels=100))
     with pytest.raises(PayloadTooLarge):
         chain.segment(png_bytes(20, 20), SLIDE, "color", OutputOptions(), run=engine.run, max_batch=3)
+
+
+@pytest.fixture(scope="module")
+def labels_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    path = build_tiny_artifact(tmp_path_factory.mktemp("chain") / "tl.onnx", tile=(32, 48), num_classes=5,
+                               with_labels=True)
+    return Engine(path, provider="cpu", intra_op_threads=1, max_batch=3)
+
+
+def test_one_tile_plans_fetch_the_in_graph_labels_and_others_the_logits(labels_engine: Engine) -> None:
+    """Only where one window is the image unmirrored; same labels as the logits path, both chains."""
+    chain = Chain(labels_engine.meta, NO_LIMITS)
+    fetched: list[tuple[str, ...]] = []
+
+    def spy(tiles: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        fetched.append(tuple(names))
+        return labels_engine.run_outputs(tiles, names)
+
+    assert labels_runner(labels_engine) is not None
+    for size, params, graph in [((32, 48), InferenceParams("whole", (1.0,), False), True),
+                                ((24, 48), SLIDE, True),  # base 48 keeps it, padded into one tile
+                                ((32, 48), InferenceParams("whole", (1.0,), True), False),  # mirrored
+                                ((50, 70), SLIDE, False), ((50, 70), MULTI_FLIP, False)]:
+        rgb = decode(png_bytes(*size, seed=7), None, NO_LIMITS).rgb
+        fetched.clear()
+        via_graph, _ = chain.labels(rgb, params, run=labels_engine.run, max_batch=3,
+                                    run_labels=lambda t: spy(t, ("labels",))["labels"])
+        assert (fetched == [("labels",)]) == graph, (size, params)
+        via_logits, _ = chain.labels(rgb, params, run=labels_engine.run, max_batch=3)
+        np.testing.assert_array_equal(via_graph, via_logits)
+        batcher = ChunkingBatcher(labels_engine, 3)
+
+        async def batched(rgb: np.ndarray = rgb, params: InferenceParams = params,
+                          batcher: ChunkingBatcher = batcher) -> np.ndarray:
+            with ThreadPoolExecutor(1) as pool:
+                labels, _ = await chain.labels_batched(
+                    rgb, params, batcher=batcher, executor=pool,
+                    deadline=asyncio.get_running_loop().time() + 30, timings=Timings())
+            return labels
+
+        np.testing.assert_array_equal(asyncio.run(batched()), via_logits)
