@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     jpeg_quality: int = Field(90, ge=1, le=100, description="quality of JPEG overlays")
     overlay_alpha: float = Field(0.5, ge=0, le=1, description="weight of the mask in overlays")
 
+    @field_validator("auth_token")
+    @classmethod
+    def _token_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
+        # fail closed: an empty PSPNET_AUTH_TOKEN= (as compose files often leave it) would otherwise
+        # turn auth on with an empty secret that "Authorization: Bearer " matches
+        if v is not None and not v.get_secret_value().strip():
+            raise ValueError("is set but empty; give a token, or unset it to turn auth off")
+        return v
+
     @field_validator("model")
     @classmethod
     def _model_exists(cls, v: Path) -> Path:

@@ -11,6 +11,9 @@ allocations count too, not just Python's.
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -351,3 +354,21 @@ def test_token_comes_from_the_environment_and_stays_secret(model: Path,
     s = Settings(model=model)
     assert s.auth_token is not None and s.auth_token.get_secret_value() == TOKEN
     assert TOKEN not in repr(s) and TOKEN not in str(s.model_dump())
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
+def test_a_blank_token_is_refused_not_matched(model: Path, monkeypatch: pytest.MonkeyPatch,
+                                              blank: str) -> None:
+    """Fail closed: a blank token would let "Authorization: Bearer " with nothing after it through."""
+    monkeypatch.setenv("PSPNET_AUTH_TOKEN", blank)
+    with pytest.raises(ValueError, match="auth_token"):
+        Settings(model=model)
+
+
+def test_a_blank_token_stops_the_server_at_start(model: Path) -> None:
+    env = {**os.environ, "PSPNET_AUTH_TOKEN": " "}
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "--model", str(model), "--port", "1"],
+                          capture_output=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr.decode()
+    assert "PSPNET_AUTH_TOKEN" in err and "empty" in err and "Traceback" not in err
