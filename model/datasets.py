@@ -34,7 +34,7 @@ class DatasetInfo:
     palette: tuple[tuple[int, int, int], ...]
     tile: tuple[int, int]
     base_size: int
-    # request defaults: single scale, no flip ("+flip" is an explicit choice, see DESIGN.md)
+    # request defaults: single scale, no flip ("+flip" is an explicit choice, see docs/DESIGN.md)
     mode: str = "slide"
     scales: tuple[float, ...] = (1.0,)
     stride_rate: float = 2 / 3

@@ -1,4 +1,4 @@
-"""Export a PSPNet to the self-describing ONNX artifact of DESIGN.md ("The seam").
+"""Export a PSPNet to the self-describing ONNX artifact of docs/DESIGN.md ("The seam").
 
 The graph takes ``image`` float32 ``[N, 3, H, W]`` (RGB, 0..255, fixed tile,
 dynamic batch), normalises it inside, and returns ``logits`` ``[N, C, H, W]``

@@ -1,4 +1,4 @@
-"""The ONNX artifact contract (DESIGN.md "The seam").
+"""The ONNX artifact contract (docs/DESIGN.md "The seam").
 
 ``model/`` writes one ``.onnx`` file whose ``metadata_props["pspnet"]`` is the
 JSON described by :class:`ArtifactMeta`; this module validates it and is the

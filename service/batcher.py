@@ -1,4 +1,4 @@
-"""Cross-request tile batching (DESIGN.md "Service", batching).
+"""Cross-request tile batching (docs/DESIGN.md "Service", batching).
 
 Every request arrives as ``T`` same-shape tiles and names the output it wants
 (``logits``, or ``labels`` when the model has it). The tiles join one bounded FIFO

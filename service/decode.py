@@ -1,4 +1,4 @@
-"""Upload bytes -> one RGB uint8 frame, refusing hostile input early (DESIGN.md "Service").
+"""Upload bytes -> one RGB uint8 frame, refusing hostile input early (docs/DESIGN.md "Service").
 
 Checks, cheapest first, each with its own status:
 

@@ -1,4 +1,4 @@
-"""Label map -> response bytes: colour mask, label PNG, overlay, JSON summary (DESIGN.md "Service").
+"""Label map -> response bytes: colour mask, label PNG, overlay, JSON summary (docs/DESIGN.md "Service").
 
 Every function takes ``labels``, an H x W map of class ids (uint8 or uint16,
 as the stitcher's argmax produces), and checks them against the model's

@@ -14,7 +14,7 @@ threads ``0`` (auto) means ORT's own default with one session, else the cores
 this process may use divided among the sessions (:func:`intra_op_threads_for`).
 The offline commands call :meth:`Engine.run` directly (session 0).
 
-Provider policy (DESIGN.md "Service", CUDA):
+Provider policy (docs/DESIGN.md "Service", CUDA):
 - ``"cpu"``: CPU, nothing else is tried.
 - ``"auto"``: CUDA when this onnxruntime build has it, else CPU (no warning:
   a CPU-only install on a laptop is the expected case).

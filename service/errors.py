@@ -1,4 +1,4 @@
-"""Domain errors and their RFC 9457 problem bodies (DESIGN.md "Service").
+"""Domain errors and their RFC 9457 problem bodies (docs/DESIGN.md "Service").
 
 Pure Python, no web framework: the codecs, the batcher and the engine raise
 these, and the HTTP layer turns any exception into a response in one place

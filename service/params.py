@@ -1,6 +1,6 @@
 """Request parameters: parse and resolve against the model's protocol defaults.
 
-Pure functions, so the rules of DESIGN.md "Inference protocols" are tested
+Pure functions, so the rules of docs/DESIGN.md "Inference protocols" are tested
 without HTTP: ``scales`` with ``mode=whole`` is a 400; ``scales`` with
 ``mode=slide`` replaces [1.0]; ``multiscale`` defaults to 0.5..1.75.
 """

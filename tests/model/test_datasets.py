@@ -1,4 +1,4 @@
-"""Dataset metadata: classes, palettes and the per-source defaults DESIGN.md lists."""
+"""Dataset metadata: classes, palettes and the per-source defaults docs/DESIGN.md lists."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from model.datasets import dataset_info, dataset_names
 
 CLASSES = {"ade20k": 150, "voc2012": 21, "cityscapes": 19, "camvid": 11}
 
-# DESIGN.md "Defaults per source": (dataset, source) -> (tile, base size)
+# docs/DESIGN.md "Defaults per source": (dataset, source) -> (tile, base size)
 DEFAULTS = {
     ("ade20k", "semseg"): ((473, 473), 512),
     ("voc2012", "semseg"): ((473, 473), 512),
@@ -40,7 +40,7 @@ def test_classes_and_palette(name: str) -> None:
 def test_defaults_per_source(name: str, source: str) -> None:
     info = dataset_info(name, source)
     assert (info.tile, info.base_size) == DEFAULTS[name, source]
-    # a request's defaults: single scale, no flip (DESIGN.md "Inference protocols")
+    # a request's defaults: single scale, no flip (docs/DESIGN.md "Inference protocols")
     assert (info.mode, info.scales, info.flip) == ("slide", (1.0,), False)
     assert info.stride_rate == pytest.approx(2 / 3)
 

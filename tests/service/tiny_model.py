@@ -1,6 +1,6 @@
 """A tiny real PSPNet-shaped ONNX artifact, built with the onnx helper API (no torch).
 
-Same contract as an exported model (DESIGN.md "The seam"): one input ``image``
+Same contract as an exported model (docs/DESIGN.md "The seam"): one input ``image``
 float32 ``[N, 3, H, W]`` (raw 0..255, normalised inside the graph), N dynamic,
 H and W fixed; one output ``logits`` ``[N, C, H, W]`` at full tile resolution;
 ``pspnet`` metadata. The graph is normalise -> 3x3 conv stride 2 -> bilinear
