@@ -141,10 +141,13 @@ def parse_meta(raw: str) -> ArtifactMeta:
 LabelDtype = type[np.uint8] | type[np.uint16]
 
 
-def _labels_dtype(num_classes: int) -> LabelDtype:
-    """The ``labels`` output's dtype: uint8 up to 256 classes, uint16 beyond."""
+def label_dtype(num_classes: int) -> LabelDtype:
+    """The one rule for class ids: uint8 up to 256 classes, uint16 beyond.
+
+    The ``labels`` output, the stitcher's label maps and the label PNG all follow it.
+    """
     if not 1 <= num_classes <= 65536:
-        raise ArtifactError(f"labels of {num_classes} classes fit no label dtype")
+        raise ArtifactError(f"cannot store labels of {num_classes} classes")
     return np.uint8 if num_classes <= 256 else np.uint16
 
 
@@ -182,10 +185,10 @@ def add_labels_output(graph: onnx.GraphProto, num_classes: int) -> None:
         helper.make_node("ArgMax", [OUTPUT_NAME], [argmax], name=f"{LABELS_NAME}/ArgMax", axis=1,
                          keepdims=0, select_last_index=0),
         helper.make_node("Cast", [argmax], [LABELS_NAME], name=f"{LABELS_NAME}/Cast",
-                         to=_ONNX_LABEL_TYPES[_labels_dtype(num_classes)]),
+                         to=_ONNX_LABEL_TYPES[label_dtype(num_classes)]),
     ])
     graph.output.append(helper.make_tensor_value_info(
-        LABELS_NAME, _ONNX_LABEL_TYPES[_labels_dtype(num_classes)], [shape[0], shape[2], shape[3]]))
+        LABELS_NAME, _ONNX_LABEL_TYPES[label_dtype(num_classes)], [shape[0], shape[2], shape[3]]))
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -194,7 +197,7 @@ def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
 
 def _check_labels(graph: onnx.GraphProto, value: onnx.ValueInfoProto, meta: ArtifactMeta) -> LabelDtype:
     """Declared [N, H, W] of the class count's dtype, and computed as the contract says."""
-    dtype = _labels_dtype(meta.num_classes)
+    dtype = label_dtype(meta.num_classes)
     elem = value.type.tensor_type.elem_type
     if elem != _ONNX_LABEL_TYPES[dtype]:
         raise ArtifactError(f"output {LABELS_NAME!r} is {TensorProto.DataType.Name(elem).lower()}, expected "

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from service.tiling import label_dtype
+from service.artifact import label_dtype
 
 # zlib level for every PNG written here. Measured on ten CamVid 360x480 label
 # maps, 12 colours, CPU time per encode on a loaded 2-core box, two runs of

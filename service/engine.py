@@ -46,9 +46,9 @@ from service.artifact import (
     OUTPUT_NAME,
     ArtifactError,
     ArtifactMeta,
+    label_dtype,
     read_meta,
 )
-from service.tiling import label_dtype
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from service.artifact import MODES, ArtifactError
 from service.chain import NO_LIMITS, Chain, decode, labels_runner
+from service.cli import add_settings_flags, settings_from
 from service.decode import DecodedImage
 from service.engine import Engine
 from service.errors import ServiceError
@@ -47,8 +48,6 @@ def load_engine(args: argparse.Namespace) -> Engine:
 
 def output_options(args: argparse.Namespace) -> OutputOptions:
     """The server's settings (env, then flags) and the command's own choices, as for a request."""
-    from service.cli import settings_from
-
     args.setting_model = str(args.model)
     settings: Settings = settings_from(args)
     return OutputOptions.from_settings(settings, overlay_format=args.overlay_format,
@@ -56,8 +55,6 @@ def output_options(args: argparse.Namespace) -> OutputOptions:
 
 
 def segment_main(argv: list[str]) -> int:
-    from service.cli import add_settings_flags
-
     p = argparse.ArgumentParser(prog="pspnet-serve segment", description=__doc__)
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")

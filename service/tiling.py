@@ -45,7 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.argmax import Labels, argmax_classes
-from service.artifact import Mode
+from service.artifact import Mode, label_dtype
 from service.resize import resize_linear
 from service.stitch_bands import resized_argmax, uses_full_size
 from service.stitch_memory import stitch_peak_bytes
@@ -119,13 +119,6 @@ def plan_tiles(image: NDArray[np.generic], *, tile: tuple[int, int], mode: Mode,
                     tiles[k + 1] = tiles[k, :, :, ::-1]
                 k += 2 if flip else 1
     return TilePlan(tiles, (height, width), (th, tw), mode, flip, geometry)
-
-
-def label_dtype(num_classes: int) -> type[np.uint8] | type[np.uint16]:
-    """uint8 labels up to 256 classes, uint16 beyond (the 16-bit label PNG)."""
-    if not 1 <= num_classes <= 65536:
-        raise ValueError(f"cannot store labels of {num_classes} classes")
-    return np.uint8 if num_classes <= 256 else np.uint16
 
 
 def _check_logits(plan: TilePlan, logits: NDArray[np.float32]) -> NDArray[np.float32]:
