@@ -11,7 +11,7 @@
 # libcublas.so.13, libcurand.so.10; its `cudnn` extra names nvidia-cudnn-cu13~=9.0).
 # The CUDA *runtime* image with cuDNN has all of them; the host needs an NVIDIA
 # driver recent enough for CUDA 13 (R580 or newer) and the NVIDIA Container Toolkit.
-# Ubuntu 24.04's python3 is 3.12; the pins are resolved for it (lock_requirements.py).
+# Ubuntu 24.04's python3 is 3.12; the pins are resolved for it (docker/lock.sh).
 #
 # The install step is docker/install.sh, the same script CI runs in a fresh venv.
 # Settings come from the environment (PSPNET_*, see docs/DEPLOYMENT.md).
@@ -35,7 +35,6 @@ WORKDIR /src
 COPY docker/install.sh docker/requirements-gpu.txt /src/docker/
 RUN PIP_NO_CACHE_DIR=1 sh /src/docker/install.sh gpu /opt/venv --deps-only
 COPY pyproject.toml README.md /src/
-COPY model/ /src/model/
 COPY service/ /src/service/
 RUN PIP_NO_CACHE_DIR=1 sh /src/docker/install.sh gpu /opt/venv
 

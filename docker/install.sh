@@ -6,9 +6,10 @@
 #   docker/install.sh {cpu|gpu} VENV [--deps-only]
 #
 # - creates VENV with $PYTHON (default python3) unless it exists;
-# - installs the pinned dependencies of the flavour (docker/requirements-FLAVOUR.txt:
-#   the service's dependencies + onnxruntime or onnxruntime-gpu), wheels only, so
-#   a slim image needs no compiler;
+# - installs the pinned dependencies of the flavour (docker/requirements-FLAVOUR.txt,
+#   written by docker/lock.sh: the service's dependencies + onnxruntime or
+#   onnxruntime-gpu), wheels only, so a slim image needs no compiler, and each
+#   file's sha256 checked (--require-hashes: nothing unpinned can come along);
 # - unless --deps-only (the images use it for a cached dependency layer): installs
 #   the project from the directory above this script, without dependencies, so
 #   nothing unpinned slips in; then `pip check`;
@@ -47,7 +48,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 
-"$py" -m pip install --disable-pip-version-check --only-binary=:all: -r "$requirements"
+"$py" -m pip install --disable-pip-version-check --only-binary=:all: --require-hashes -r "$requirements"
 
 if [ "$deps_only" -eq 0 ]; then
     "$py" -m pip install --disable-pip-version-check --no-deps "$root"

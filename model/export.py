@@ -4,7 +4,7 @@ The graph takes ``image`` float32 ``[N, 3, H, W]`` (RGB, 0..255, fixed tile,
 dynamic batch), normalises it inside, and returns ``logits`` ``[N, C, H, W]``
 at full tile resolution and ``labels`` ``[N, H, W]``, their argmax over classes
 (first class on ties; uint8, uint16 beyond 256 classes), appended to the
-exported graph by :func:`service.artifact.add_labels_output`.
+exported graph by :func:`model.labels_output.add_labels_output`.
 ``metadata_props["pspnet"]`` holds the :class:`service.artifact.ArtifactMeta`
 JSON. The exporter checks its own work: ONNX checker, then ONNX Runtime against
 eager PyTorch on a random batch of 2 (logits within tolerance; labels equal to
@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from model.datasets import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
+from model.labels_output import add_labels_output
 from model.pspnet import PSPNet
 from service.artifact import (
     INPUT_NAME,
@@ -43,7 +44,6 @@ from service.artifact import (
     ArtifactError,
     ArtifactMeta,
     Protocol,
-    add_labels_output,
     parse_meta,
     read_meta,
     read_outputs,

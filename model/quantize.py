@@ -46,13 +46,13 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from model.labels_output import add_labels_output
 from service.artifact import (
     INPUT_NAME,
     LABELS_NAME,
     METADATA_KEY,
     OUTPUT_NAME,
     ArtifactMeta,
-    add_labels_output,
     parse_meta,
     read_meta,
 )

@@ -63,8 +63,8 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from loadtest.localserver import free_port, wait_ready  # noqa: E402
 from scripts.bench_report import render  # noqa: E402
-from service.localserver import free_port, wait_ready  # noqa: E402
 
 PY = sys.executable
 #: seconds to wait for other people's jobs to calm down before each measurement (--quiet-wait)

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from reliability_memory import vm  # noqa: E402
 from reliability_overload import start_server, wait_ready  # noqa: E402
 
-from service.localserver import free_port  # noqa: E402
+from loadtest.localserver import free_port  # noqa: E402
 
 MB = 2**20
 

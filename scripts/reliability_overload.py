@@ -58,8 +58,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from loadtest.localserver import free_port
 from service import localserver
-from service.localserver import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "weights" / "pspnet_camvid.onnx"

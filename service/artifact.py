@@ -10,8 +10,10 @@ optionally (artifacts exported before it have only ``logits``). ``labels`` is
 ``ArgMax(logits, axis=1, keepdims=0, select_last_index=0)`` cast in the graph to
 uint8 when C <= 256, else uint16: the first class wins a tie, as in
 :func:`service.argmax.argmax_classes`. :func:`read_outputs` says which form a
-file is; :func:`add_labels_output` is the one definition of those two nodes,
-used by every writer (exporter, quantiser, the tests' hand-built graphs).
+file is; :func:`model.labels_output.add_labels_output` is the one definition of
+those two nodes, used by every writer (exporter, quantiser, the tests' hand-built
+graphs). The file is read by :mod:`service.onnx_wire`, so serving needs no
+``onnx`` package.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper
+
+from service.onnx_wire import ELEM_TYPE_NAMES, UINT8, UINT16, ModelView, ValueInfo, WireError, read_model
 
 METADATA_KEY = "pspnet"
 INPUT_NAME = "image"
@@ -151,7 +153,8 @@ def label_dtype(num_classes: int) -> LabelDtype:
     return np.uint8 if num_classes <= 256 else np.uint16
 
 
-_ONNX_LABEL_TYPES = {np.uint8: TensorProto.UINT8, np.uint16: TensorProto.UINT16}
+#: the ONNX element type (TensorProto.DataType) of each label dtype
+ONNX_LABEL_TYPES: dict[LabelDtype, int] = {np.uint8: UINT8, np.uint16: UINT16}
 
 
 @dataclass(frozen=True)
@@ -170,50 +173,25 @@ class ArtifactOutputs:
         return (OUTPUT_NAME, LABELS_NAME) if self.has_labels else (OUTPUT_NAME,)
 
 
-def add_labels_output(graph: onnx.GraphProto, num_classes: int) -> None:
-    """Append ``labels = Cast(ArgMax(logits, axis=1, keepdims=0, select_last_index=0))``
-    and declare it ``[batch, H, W]`` with the batch and tile of the ``logits`` output."""
-    logits = next((o for o in graph.output if o.name == OUTPUT_NAME), None)
-    if logits is None or any(o.name == LABELS_NAME for o in graph.output):
-        raise ArtifactError(f"need a {OUTPUT_NAME!r} output and no {LABELS_NAME!r} output yet")
-    dims = logits.type.tensor_type.shape.dim
-    if len(dims) != 4:
-        raise ArtifactError(f"{OUTPUT_NAME!r} must be declared [N, C, H, W]")
-    shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in dims]
-    argmax = f"{LABELS_NAME}_int64"
-    graph.node.extend([
-        helper.make_node("ArgMax", [OUTPUT_NAME], [argmax], name=f"{LABELS_NAME}/ArgMax", axis=1,
-                         keepdims=0, select_last_index=0),
-        helper.make_node("Cast", [argmax], [LABELS_NAME], name=f"{LABELS_NAME}/Cast",
-                         to=_ONNX_LABEL_TYPES[label_dtype(num_classes)]),
-    ])
-    graph.output.append(helper.make_tensor_value_info(
-        LABELS_NAME, _ONNX_LABEL_TYPES[label_dtype(num_classes)], [shape[0], shape[2], shape[3]]))
-
-
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == name), default)
-
-
-def _check_labels(graph: onnx.GraphProto, value: onnx.ValueInfoProto, meta: ArtifactMeta) -> LabelDtype:
+def _check_labels(model: ModelView, value: ValueInfo, meta: ArtifactMeta) -> LabelDtype:
     """Declared [N, H, W] of the class count's dtype, and computed as the contract says."""
     dtype = label_dtype(meta.num_classes)
-    elem = value.type.tensor_type.elem_type
-    if elem != _ONNX_LABEL_TYPES[dtype]:
-        raise ArtifactError(f"output {LABELS_NAME!r} is {TensorProto.DataType.Name(elem).lower()}, expected "
+    if value.elem_type != ONNX_LABEL_TYPES[dtype]:
+        found = ELEM_TYPE_NAMES.get(value.elem_type or 0, f"type {value.elem_type}")
+        raise ArtifactError(f"output {LABELS_NAME!r} is {found}, expected "
                             f"{np.dtype(dtype).name} for {meta.num_classes} classes")
-    dims = value.type.tensor_type.shape.dim
-    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    shape = list(value.shape or ())
     if len(shape) != 3 or tuple(shape[1:]) != meta.tile:
         raise ArtifactError(f"output {LABELS_NAME!r} has shape {shape}, expected [N, {meta.tile[0]}, "
                             f"{meta.tile[1]}]")
     # the server serves these labels in place of its own argmax: the graph must compute exactly that
-    producer = {out: node for node in graph.node for out in node.output}
+    producer = {out: node for node in model.nodes for out in node.outputs}
     cast = producer.get(LABELS_NAME)
-    argmax = producer.get(cast.input[0]) if cast is not None and cast.op_type == "Cast" else None
-    if (argmax is None or argmax.op_type != "ArgMax" or list(argmax.input) != [OUTPUT_NAME]
-            or _attr(argmax, "axis", 0) not in (1, -3) or _attr(argmax, "keepdims", 1) != 0
-            or _attr(argmax, "select_last_index", 0) != 0):
+    argmax = producer.get(cast.inputs[0]) if cast is not None and cast.op_type == "Cast" and cast.inputs \
+        else None
+    if (argmax is None or argmax.op_type != "ArgMax" or list(argmax.inputs) != [OUTPUT_NAME]
+            or argmax.int_attrs.get("axis", 0) not in (1, -3) or argmax.int_attrs.get("keepdims", 1) != 0
+            or argmax.int_attrs.get("select_last_index", 0) != 0):
         raise ArtifactError(f"output {LABELS_NAME!r} is not Cast(ArgMax({OUTPUT_NAME}, axis=1, keepdims=0, "
                             "select_last_index=0))")
     return dtype
@@ -223,25 +201,23 @@ def _read(path: Path) -> tuple[ArtifactMeta, ArtifactOutputs]:
     if not path.is_file():
         raise ArtifactError(f"model file not found: {path}")
     try:
-        m = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and friends
+        m = read_model(path)
+    except (WireError, OSError) as e:
         raise ArtifactError(f"{path} is not a readable ONNX model: {e}") from None
-    props = {p.key: p.value for p in m.metadata_props}
-    if METADATA_KEY not in props:
+    if METADATA_KEY not in m.metadata:
         raise ArtifactError(f"{path} has no {METADATA_KEY!r} metadata: export it with pspnet-model")
-    meta = parse_meta(props[METADATA_KEY])
-    inputs = [i.name for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}]
-    if inputs != [INPUT_NAME]:
-        raise ArtifactError(f"expected one input {INPUT_NAME!r}, found {inputs}")
-    outputs = [o.name for o in m.graph.output]
+    meta = parse_meta(m.metadata[METADATA_KEY])
+    inputs = [i for i in m.inputs if i.name not in m.initializers]
+    if [i.name for i in inputs] != [INPUT_NAME]:
+        raise ArtifactError(f"expected one input {INPUT_NAME!r}, found {[i.name for i in inputs]}")
+    outputs = [o.name for o in m.outputs]
     if OUTPUT_NAME not in outputs:
         raise ArtifactError(f"expected an output {OUTPUT_NAME!r}, found {outputs}")
-    dims = m.graph.input[0].type.tensor_type.shape.dim
-    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    shape = list(inputs[0].shape or ())
     if len(shape) != 4 or shape[1] != 3 or tuple(shape[2:]) != meta.tile:
         raise ArtifactError(f"input shape {shape} does not match [N, 3, {meta.tile[0]}, {meta.tile[1]}]")
-    labels = next((o for o in m.graph.output if o.name == LABELS_NAME), None)
-    dtype = None if labels is None else _check_labels(m.graph, labels, meta)
+    labels = next((o for o in m.outputs if o.name == LABELS_NAME), None)
+    dtype = None if labels is None else _check_labels(m, labels, meta)
     return meta, ArtifactOutputs(labels_dtype=dtype)
 
 

@@ -6,7 +6,12 @@ import importlib.util
 import json
 import re
 import shlex
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -172,3 +177,77 @@ def dockerignore_keeps(path: str, patterns: list[str]) -> bool:
         if _matches(pattern.lstrip("!"), path):
             kept = negate
     return kept
+
+
+# ---------------------------------------------------------------- the images' lock files
+
+LOCKS = {"cpu": ROOT / "docker" / "requirements-cpu.txt", "gpu": ROOT / "docker" / "requirements-gpu.txt"}
+#: how uv names the project in "# via" lines
+LOCK_ROOT = "pspnet-serving (pyproject.toml)"
+
+
+@dataclass
+class Pin:
+    name: str  # normalised (PEP 503)
+    version: str
+    hashes: list[str] = field(default_factory=list)
+    via: list[str] = field(default_factory=list)  # normalised names, or LOCK_ROOT
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_lock(path: Path) -> dict[str, Pin]:
+    """uv pip compile's output (docker/lock.sh): pins, their hashes and their "# via" parents."""
+    pins: dict[str, Pin] = {}
+    current: Pin | None = None
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if not raw.startswith((" ", "#")):
+            spec = line.rstrip("\\").strip()
+            name, sep, version = spec.partition("==")
+            assert sep and ";" not in spec and "[" not in name, f"not an exact pin without markers: {spec}"
+            current = pins[normalise(name)] = Pin(normalise(name), version)
+        elif line.startswith("--hash=") and current is not None:
+            current.hashes.append(line.removeprefix("--hash=").rstrip("\\").strip())
+        elif line.startswith("#") and current is not None:
+            text = line.lstrip("#").strip().removeprefix("via").strip()
+            if text:
+                current.via.append(text if text == LOCK_ROOT else normalise(text))
+    return pins
+
+
+# ---------------------------------------------------------------- a server from an installed venv
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """Status and text of a GET by the standard library (the venvs under test have no httpx)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_ready(base: str, proc: subprocess.Popen[str], seconds: float = 120) -> None:
+    """Poll ``base``/readyz until 200; fail with the exit code if the process ends first."""
+    deadline = time.monotonic() + seconds
+    ready = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            ready, _ = http_get(base + "/readyz")
+        except OSError:
+            ready = 0
+        if ready == 200:
+            return
+        time.sleep(0.25)
+    output = proc.stdout.read()[-3000:] if proc.poll() is not None and proc.stdout else ""
+    raise AssertionError(f"not ready in time (exit code {proc.poll()})\n{output}")

@@ -13,12 +13,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,7 +22,18 @@ import pytest
 from service.settings import Settings
 from tests.service.tiny_model import build_tiny_artifact
 
-from .helpers import DOCKERFILES, ROOT, load_module, parse_dockerfile
+from .helpers import (
+    DOCKERFILES,
+    LOCKS,
+    ROOT,
+    free_port,
+    http_get,
+    load_module,
+    normalise,
+    parse_dockerfile,
+    read_lock,
+    wait_ready,
+)
 
 pytestmark = [
     pytest.mark.skipif(os.environ.get("PSPNET_SKIP_INSTALL_TEST") == "1",
@@ -86,12 +93,11 @@ def _py(venv: Path, code: str) -> str:
 
 
 def test_venv_holds_exactly_the_pins_onnxruntime_and_no_torch(venv: Path) -> None:
-    lock = load_module("docker/lock_requirements.py")
-    pins = lock.read_pins(lock.lock_path("cpu"))
+    pins = {name: pin.version for name, pin in read_lock(LOCKS["cpu"]).items()}
     code = ("import json; from importlib import metadata as m; "
             "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
     listing = json.loads(_py(venv, code))
-    installed = {lock._normalise(k): v for k, v in listing.items()}
+    installed = {normalise(k): v for k, v in listing.items()}
     for name, version in pins.items():
         assert installed.get(name) == version, f"{name}: pinned {version}, installed {installed.get(name)}"
     extra = set(installed) - set(pins) - {"pip", "setuptools", "pspnet-serving"}
@@ -110,47 +116,23 @@ def test_entrypoint_help_lists_every_setting(venv: Path) -> None:
         assert f"--{name.replace('_', '-')}" in done.stdout, name
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def test_entrypoint_serves_then_drains_on_sigterm(venv: Path, tmp_path: Path) -> None:
     """The image's start step from the fresh venv: up, healthy, ready, scraped, and a clean SIGTERM exit."""
     model = build_tiny_artifact(tmp_path / "tiny.onnx")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PSPNET_MODEL": str(model), "PSPNET_HOST": "127.0.0.1", "PSPNET_PORT": str(port),
            "PSPNET_PROVIDER": "cpu", "PSPNET_INTRA_OP_THREADS": "1", "PSPNET_LOG_LEVEL": "info"}
     proc = subprocess.Popen([str(venv / "bin" / "pspnet-serve")], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        ready = 0
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                ready, _ = _get(base + "/readyz")
-            except OSError:
-                ready = 0
-            if ready == 200:
-                break
-            time.sleep(0.25)
-        assert ready == 200, f"not ready in time (exit code {proc.poll()})"
-        assert _get(base + "/healthz")[0] == 200
+        wait_ready(base, proc)
+        assert http_get(base + "/healthz")[0] == 200
         # the docker HEALTHCHECK command, as the image runs it
         health = subprocess.run([str(venv / "bin" / "python"), str(ROOT / "docker" / "healthcheck.py")],
                                 env=env, capture_output=True, text=True, timeout=30)
         assert health.returncode == 0, health.stderr
-        status, text = _get(base + "/metrics")
+        status, text = http_get(base + "/metrics")
         assert status == 200
         catalogue = load_module("scripts/gen_reference_tables.py").metric_catalogue()
         for mi in catalogue:  # every family is exposed, even before its first observation

@@ -19,6 +19,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from model.labels_output import add_labels_output
 from service.artifact import (
     INPUT_NAME,
     LABELS_NAME,
@@ -26,7 +27,6 @@ from service.artifact import (
     OUTPUT_NAME,
     ArtifactError,
     ArtifactOutputs,
-    add_labels_output,
     read_meta,
     read_outputs,
 )

@@ -2,7 +2,7 @@
 
 Marked ``gpu`` and skipped unless this onnxruntime offers CUDAExecutionProvider
 and ``PSPNET_GPU_TESTS=1``: CI has no GPU, and a CPU-only onnxruntime never
-offers CUDA. The model gets the ``labels`` output (service.artifact.add_labels_output)
+offers CUDA. The model gets the ``labels`` output (model.labels_output.add_labels_output)
 when the shipped file does not have it yet.
 
 LOGITS_ATOL is PROVISIONAL: it was written without a GPU, so it is not a
@@ -24,7 +24,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from service.artifact import LABELS_NAME, add_labels_output, read_meta, read_outputs
+from model.labels_output import add_labels_output
+from service.artifact import LABELS_NAME, read_meta, read_outputs
 from service.engine import CPU, CUDA, Engine, cuda_options, session_options
 from service.settings import DEFAULT_MODEL
 

@@ -27,11 +27,11 @@ import httpx
 import numpy as np
 import pytest
 
+from loadtest.localserver import free_port, wait_ready
 from service.app import create_app
 from service.batcher import TileBatcher
 from service.engine import Engine
 from service.errors import Overloaded
-from service.localserver import free_port, wait_ready
 from service.settings import Settings
 from tests.service.api_client import metric_samples, png_bytes, serving
 from tests.service.tiny_model import build_tiny_artifact

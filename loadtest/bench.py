@@ -4,7 +4,7 @@
     pspnet-serve bench --url ... --image ... --rate 5 --arrival poisson --duration 60 --json out.json
 
 Closed loop (``--concurrency``) or open loop (``--rate``, latency from the
-scheduled send time; see :mod:`service.loadgen`). Reports throughput, latency
+scheduled send time; see :mod:`loadtest.loadgen`). Reports throughput, latency
 p50/p90/p99, errors by status, the batch sizes the server formed (the
 difference of its ``pspnet_batch_size_tiles`` histogram before and after),
 its mean time per stage (``pspnet_stage_duration_seconds``), and with
@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from service.artifact import MODES
-from service.benchprobe import (
+from loadtest.loadgen import LoadSpec, Sample, run_load, summarise
+from loadtest.probe import (
     MetricKey,
     batch_sizes,
     parse_metrics,
@@ -39,7 +39,7 @@ from service.benchprobe import (
     sample_rss,
     stage_means_ms,
 )
-from service.loadgen import LoadSpec, Sample, run_load, summarise
+from service.artifact import MODES
 from service.outputs import OUTPUTS
 
 MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
@@ -64,7 +64,12 @@ async def _scrape(client: httpx.AsyncClient) -> dict[MetricKey, float] | None:
         r = await client.get("/metrics", timeout=10)
     except httpx.HTTPError:
         return None
-    return parse_metrics(r.text) if r.status_code == 200 else None
+    if r.status_code != 200:
+        return None
+    try:
+        return parse_metrics(r.text)
+    except ValueError:  # not Prometheus text (a proxy's error page): no server-side figures
+        return None
 
 
 async def wait_ready(client: httpx.AsyncClient, seconds: float) -> bool:

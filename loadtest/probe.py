@@ -8,30 +8,22 @@ memory and CPU seconds of a local server process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 MetricKey = tuple[str, frozenset[tuple[str, str]]]
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 def parse_metrics(text: str) -> dict[MetricKey, float]:
-    """Prometheus text exposition -> {(sample name, labels): value}."""
-    out: dict[MetricKey, float] = {}
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if m is None or line.startswith("#"):
-            continue
-        labels = frozenset(_LABEL.findall(m.group(2) or ""))
-        with contextlib.suppress(ValueError):
-            out[(m.group(1), labels)] = float(m.group(3))
-    return out
+    """Prometheus text exposition -> {(sample name, labels): value}, by prometheus_client's parser
+    (escapes, exemplars and timestamps are its business, not a regex's)."""
+    return {(s.name, frozenset(s.labels.items())): float(s.value)
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def _diff(before: dict[MetricKey, float], after: dict[MetricKey, float], name: str) -> dict[MetricKey, float]:

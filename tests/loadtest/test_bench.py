@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.bench import bench_main, is_loopback, run_bench
-from service.benchprobe import batch_sizes, parse_metrics, read_cpu_seconds, read_rss
-from service.loadgen import OVERFLOW, LoadSpec, arrival_times, parse_server_timing, run_load
-from service.localserver import free_port
+from loadtest.bench import bench_main, is_loopback, run_bench
+from loadtest.loadgen import OVERFLOW, LoadSpec, arrival_times, parse_server_timing, run_load
+from loadtest.localserver import free_port
+from loadtest.probe import batch_sizes, parse_metrics, read_cpu_seconds, read_rss
 from tests.service.api_client import png_bytes, serving
 from tests.service.tiny_model import build_tiny_artifact
 

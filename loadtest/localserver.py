@@ -1,7 +1,7 @@
 """A server process on loopback, for the benchmark and reliability scripts and the process-level
 tests: a free port to give it, and waiting until it answers.
 
-Not used by the service itself: it lives here because the scripts and tests all import ``service``.
+Not used by the service itself.
 """
 
 from __future__ import annotations
