@@ -1,0 +1,71 @@
+"""service.bulk_manifest: manifest lines, atomic writes, what a rerun learns from earlier runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from service.bulk_manifest import (
+    MANIFEST,
+    PARTIAL,
+    ManifestWriter,
+    Record,
+    atomic_write,
+    earlier_records,
+    skipped_record,
+)
+
+OK = Record("in/a.png", "a.png", "ok", 40, 30, 0.5, {"0": 0.25, "3": 0.75})
+
+
+def test_a_record_is_one_json_line_and_back() -> None:
+    line = OK.to_line()
+    assert "\n" not in line and line.startswith('{"input":"in/a.png","output":"a.png","status":"ok"')
+    assert Record.from_line(line) == OK
+    with pytest.raises(ValueError):
+        Record.from_line('{"input": "x", "status": "done"}')
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "sub" / "a.png"
+    atomic_write(target, b"first")
+    assert target.read_bytes() == b"first"
+
+    def fail(src: str, dst: str) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk gone"):
+        atomic_write(target, b"second")
+    assert target.read_bytes() == b"first"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.png"]  # no temporary left behind
+
+
+def test_earlier_records_read_the_manifest_then_the_partial(tmp_path: Path) -> None:
+    old = Record("in/b.png", "b.png", "error", error="broken")
+    (tmp_path / MANIFEST).write_text(OK.to_line() + "\n" + old.to_line() + "\n")
+    newer = Record("in/b.png", "b.png", "ok", 10, 10, 0.1, {"1": 1.0})
+    (tmp_path / PARTIAL).write_text(newer.to_line() + "\n" + '{"input": "in/c.png", "outp')  # cut short
+    assert earlier_records(tmp_path) == {"a.png": OK, "b.png": newer}
+    assert earlier_records(tmp_path / "nothing") == {}
+
+
+def test_a_skipped_line_keeps_what_the_earlier_run_knew() -> None:
+    assert skipped_record("in/a.png", "a.png", OK) == Record("in/a.png", "a.png", "skipped", 40, 30, None,
+                                                            {"0": 0.25, "3": 0.75})
+    failed = Record("in/a.png", "a.png", "error", error="x")
+    assert skipped_record("in/a.png", "a.png", failed) == Record("in/a.png", "a.png", "skipped")
+    assert skipped_record("in/a.png", "a.png", None) == Record("in/a.png", "a.png", "skipped")
+
+
+def test_the_writer_appends_as_it_goes_and_rewrites_in_input_order(tmp_path: Path) -> None:
+    writer = ManifestWriter(tmp_path)
+    late = Record("in/b.png", None, "error", error="undecodable")
+    writer.add(late)
+    assert (tmp_path / PARTIAL).read_text() == late.to_line() + "\n"  # on disk before the run ends
+    writer.add(OK)
+    path = writer.finish(["in/a.png", "in/b.png"])
+    assert path.read_text().splitlines() == [OK.to_line(), late.to_line()]
+    assert not (tmp_path / PARTIAL).exists()
