@@ -34,7 +34,7 @@ WORKDIR /src
 # Dependencies first: their layer survives edits of the service's code.
 COPY docker/install.sh docker/requirements-gpu.txt /src/docker/
 RUN PIP_NO_CACHE_DIR=1 sh /src/docker/install.sh gpu /opt/venv --deps-only
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml setup.py README.md /src/
 COPY service/ /src/service/
 RUN PIP_NO_CACHE_DIR=1 sh /src/docker/install.sh gpu /opt/venv
 

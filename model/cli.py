@@ -39,10 +39,27 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--warmup-iters", type=int, default=0)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--aux-weight", type=float, default=0.4)
-    p.add_argument("--class-weighting", choices=["none", "sqrt-median"], default="none")
+    p.add_argument("--class-weighting", choices=["none", "sqrt-median", "median-freq", "enet"],
+                   default="none",
+                   help="per-class loss weights: sqrt-median (square root of median frequency), "
+                   "median-freq (SegNet), enet (1/ln(1.02 + p), ENet)")
+    p.add_argument("--ohem", type=float, default=0.0, metavar="THRESH",
+                   help="online hard example mining on the main loss: keep the pixels whose true-class "
+                   "probability is below THRESH (e.g. 0.7); 0: off")
+    p.add_argument("--ohem-min-kept", type=int, default=16384, metavar="PIXELS",
+                   help="with --ohem: keep at least this many (the hardest) pixels per image")
+    p.add_argument("--scale-range", type=float, nargs=2, default=[0.5, 2.0], metavar=("LO", "HI"),
+                   help="random rescale of each training image before the crop (multi-scale crops)")
+    p.add_argument("--holdout-fraction", type=float, default=0.0, metavar="F",
+                   help="select the best epoch on the last F of each train sequence's frames (whole "
+                   "contiguous blocks, e.g. 0.1) instead of val; val is then not read")
+    p.add_argument("--holdout-sequences", nargs="+", default=[], metavar="SEQ",
+                   help="select on these whole train sequences (name prefixes, e.g. 0001TP) instead of val")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16 autocast: about 2.5x faster on CPUs with AMX/AVX512-BF16")
     p.add_argument("--val-every", type=int, default=5, help="epochs between validations")
+    p.add_argument("--checkpoint-every", type=int, default=50, metavar="ITERS",
+                   help="write last.pt every ITERS iterations (and after every epoch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     p.add_argument("--stop-after", type=int, default=None, metavar="ITERS",
@@ -52,10 +69,16 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _run_train(args: argparse.Namespace) -> int:
     from model.train import TrainConfig, train
 
+    holdout = bool(args.holdout_fraction or args.holdout_sequences)
+    if holdout and (args.val_images or args.val_labels):
+        print("error: a holdout replaces val for selection: give no --val-images/--val-labels with it",
+              file=sys.stderr)
+        return 2
     if args.data:
         args.train_images = args.train_images or args.data / "train"
         args.train_labels = args.train_labels or args.data / "trainannot"
-        if (args.data / "val").is_dir():
+        # with a holdout, val is left alone: it is the figure reported once for the final model
+        if not holdout and (args.data / "val").is_dir():
             args.val_images = args.val_images or args.data / "val"
             args.val_labels = args.val_labels or args.data / "valannot"
     if not (args.train_images and args.train_labels):
@@ -76,6 +99,9 @@ def _run_train(args: argparse.Namespace) -> int:
         warmup_iters=args.warmup_iters, weight_decay=args.weight_decay, aux_weight=args.aux_weight,
         class_weighting=args.class_weighting, precision=args.precision, val_every=args.val_every,
         seed=args.seed, threads=args.threads, stop_after=args.stop_after,
+        ohem_thresh=args.ohem, ohem_min_kept=args.ohem_min_kept, scale=tuple(args.scale_range),
+        holdout_fraction=args.holdout_fraction, holdout_sequences=tuple(args.holdout_sequences),
+        checkpoint_every=args.checkpoint_every,
     )
     best = train(cfg, info.num_classes)
     print(f"best checkpoint: {best}")

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
 
+from service import openapi, web
 from service.artifact import MODES, ArtifactMeta, Mode
 from service.batcher import TileBatcher
 from service.chain import Chain, DecodeLimits, Timings
@@ -40,12 +41,15 @@ from service.errors import (
 from service.memory import MemoryBudget
 from service.metrics import Metrics
 from service.middleware import ObservabilityMiddleware
-from service.outputs import FORMATS, OutputOptions, media_types, output_format
-from service.params import InferenceParams, resolve
+from service.openapi import ModelsResponse, Readiness, problems, segment_operation
+from service.outputs import FORMATS, OutputOptions, output_format
+from service.params import InferenceParams, check_query, resolve
 from service.settings import Settings
+from service.tracing import Tracing, from_environment
 
 log = logging.getLogger("pspnet.app")
-ROUTES = frozenset({"/v1/segment", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"})
+ROUTES = frozenset({"/v1/segment", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"}
+                   | web.ROUTES)
 #: multipart framing around the image part may add this much to the body
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -146,7 +150,9 @@ def _auth(request: Request) -> None:
         raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI:
+    """``tracing``: spans per request; None reads the OTEL_* variables (service/tracing.py)."""
+    tracing = from_environment() if tracing is None else tracing
     metrics = Metrics()
     state = ServiceState(settings=settings, metrics=metrics,
                          memory=MemoryBudget(settings.max_memory_mb * 2**20,
@@ -192,11 +198,19 @@ def create_app(settings: Settings) -> FastAPI:
                 t.cancel()
             await state.batcher.stop(drain=True)
             state.executor.shutdown(wait=True)
+            # flush the spans here: uvicorn ends the process by re-raising SIGTERM, so no atexit runs
+            await asyncio.to_thread(tracing.shutdown)
             log.info("stopped")
 
+    # /docs is served by service/web.py from installed files (FastAPI's loads Swagger UI from a CDN)
     app = FastAPI(title="PSPNet segmentation", version="0.1.0", lifespan=lifespan,
-                  description="Semantic segmentation with PSPNet on ONNX Runtime.")
+                  description="Semantic segmentation with PSPNet on ONNX Runtime.",
+                  docs_url=None, redoc_url=None,
+                  # operationIds are the handlers' names ("segment"), so generated clients read well
+                  generate_unique_id_function=lambda route: route.name)
     app.state.service = state
+    app.include_router(web.router())
+    openapi.install(app, secured_by=_auth if settings.auth_token is not None else None)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -222,14 +236,15 @@ def create_app(settings: Settings) -> FastAPI:
         response.headers["X-Request-ID"] = str(request.scope.get("state", {}).get("request_id", ""))
         return response
 
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics, routes=ROUTES)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, routes=ROUTES, tracing=tracing,
+                       model_name=lambda: state.meta.name if state.meta else None)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         """Liveness: the process serves HTTP."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], responses={503: {"description": "not ready"}})
+    @app.get("/readyz", tags=["health"], responses={200: {"model": Readiness}, **problems(503)})
     async def readyz(request: Request) -> Response:
         """Readiness: model loaded and warmed up; names the execution provider really in use."""
         body: dict[str, Any] = {
@@ -250,9 +265,8 @@ def create_app(settings: Settings) -> FastAPI:
             metrics.queue_tiles.set(state.batcher.queue_depth)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models", tags=["inference"], dependencies=[Depends(_auth)], responses={
-        s: {"description": d, "content": {PROBLEM_MEDIA_TYPE: {}}}
-        for s, d in [(401, "missing or wrong bearer token"), (503, "not ready")]})
+    @app.get("/v1/models", tags=["inference"], dependencies=[Depends(_auth)],
+             response_model=ModelsResponse, responses=problems(401, 503))
     async def models() -> dict[str, Any]:
         """The served model: classes with colours, tile, protocol defaults, provider."""
         if state.meta is None or state.engine is None:
@@ -266,32 +280,11 @@ def create_app(settings: Settings) -> FastAPI:
             "provider": state.engine.provider, "source": m.source, "metrics": m.metrics,
         }]}
 
-    segment_body = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {"schema": {
-                    "type": "object", "required": ["image"],
-                    "properties": {"image": {"type": "string", "format": "binary"}}}},
-                "image/png": {"schema": {"type": "string", "format": "binary"}},
-                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                "image/webp": {"schema": {"type": "string", "format": "binary"}},
-            },
-        },
-        "responses": {
-            "200": {"description": "the segmentation", "content": {t: {} for t in media_types()}},
-            **{str(s): {"description": d, "content": {PROBLEM_MEDIA_TYPE: {}}} for s, d in [
-                (400, "bad parameters"), (401, "missing or wrong bearer token"),
-                (413, "body or pixel count over the limit, or more tiles than the queue holds"),
-                (415, "not an image format we read"), (422, "undecodable image"),
-                (503, "overloaded or not ready"), (504, "deadline exceeded")]},
-        },
-    }
-
-    # 422 named here so that FastAPI does not document its validation-error body there (ours are 400s)
+    # every error named here, 422 included, so that FastAPI documents none of its validation
+    # bodies (ours are 400 problem+json); the body and the 200 in each media type: service/openapi.py
     @app.post("/v1/segment", tags=["inference"], dependencies=[Depends(_auth)],
-              openapi_extra=segment_body, response_class=Response,
-              responses={422: {"description": "undecodable image"}})
+              openapi_extra=segment_operation(), response_class=Response,
+              responses=problems(400, 401, 413, 415, 422, 503, 504))
     async def segment(
         request: Request,
         mode: Annotated[Mode | None, Query(description="whole | slide | multiscale")] = None,
@@ -299,20 +292,27 @@ def create_app(settings: Settings) -> FastAPI:
         scales: Annotated[str | None, Query(description="comma-separated, e.g. 0.75,1.0,1.25")] = None,
         output: Annotated[str, Query(description=" | ".join(FORMATS),
                                      json_schema_extra={"enum": list(FORMATS)})] = "color",
-        format: Annotated[OverlayFormat, Query(description="overlay image format")] = "jpeg",
-        include_mask: Annotated[bool, Query(description="json output: add the label PNG, base64")] = False,
+        # no defaults in the schema for these two: a generated client would send them every time,
+        # and they are a 400 with any other output
+        format: Annotated[OverlayFormat | None, Query(
+            description="output=overlay only: jpeg (the default) or png")] = None,
+        include_mask: Annotated[bool | None, Query(
+            description="output=json only: add the label PNG, base64 (default false)")] = None,
     ) -> Response:
         """Segment one image: the raw body (Content-Type image/*) or multipart field ``image``."""
         if not state.ready or state.chain is None or state.meta is None:
             raise NotReady("model is loading or warming up", retry_after=1)
         output_format(output)  # an unknown format is a 400 before the body is read
+        # so is a parameter that is unknown, repeated or means nothing to this output
+        check_query([k for k, _ in request.query_params.multi_items()], output)
         params = resolve(state.meta.protocol, mode=mode, flip=flip, scales=scales,
                          max_scales=settings.max_scales)
         deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
         data, ctype = await _image_bytes(request, settings)
         if state.batcher is not None:
             state.batcher.check_room()  # refuse before decoding what could not be queued anyway
-        options = OutputOptions.from_settings(settings, overlay_format=format, include_mask=include_mask)
+        options = OutputOptions.from_settings(settings, overlay_format=format or "jpeg",
+                                              include_mask=bool(include_mask))
         assert state.memory is not None
         # from the header, before decoding: an unreadable one costs nothing here, decoding refuses it
         need = state.chain.peak_bytes(data, params, output) or 0
@@ -340,6 +340,7 @@ async def _segment(state: ServiceState, data: bytes, ctype: str | None, params: 
     assert state.chain is not None and state.batcher is not None and state.executor is not None
     settings, metrics = state.settings, state.metrics
     timings = Timings()
+    request.scope["state"]["timings"] = timings  # the access line and the trace read the stages
     try:
         async with asyncio.timeout_at(deadline):
             result = await state.chain.segment_batched(
@@ -354,7 +355,6 @@ async def _segment(state: ServiceState, data: bytes, ctype: str | None, params: 
     request.scope["state"]["log_extra"] = {
         "mode": params.mode, "scales": list(params.scales), "flip": params.flip, "tiles": result.tiles,
         "output": output, "width": int(labels.shape[1]), "height": int(labels.shape[0]),
-        "stages_ms": {k: round(v * 1000, 2) for k, v in timings.stages.items()},
     }
     return Response(result.encoded.body, media_type=result.encoded.media_type, headers={
         "server-timing": timings.header(), "x-pspnet-tiles": str(result.tiles),

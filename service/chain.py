@@ -42,9 +42,14 @@ T = TypeVar("T")
 
 @dataclass
 class Timings:
-    """Seconds spent per stage for one request (reported in Server-Timing and metrics)."""
+    """Seconds spent per stage for one request (reported in Server-Timing and metrics).
+
+    ``intervals`` keeps when each timed stage began and ended (``time.perf_counter``), in order:
+    the request's trace draws its stage spans from them after the fact (service/tracing.py).
+    """
 
     stages: dict[str, float] = field(default_factory=dict)
+    intervals: list[tuple[str, float, float]] = field(default_factory=list)
 
     def add(self, stage: str, seconds: float) -> None:
         self.stages[stage] = self.stages.get(stage, 0.0) + seconds
@@ -55,7 +60,9 @@ class Timings:
         try:
             yield
         finally:
-            self.add(name, time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            self.intervals.append((name, t0, t1))
+            self.add(name, t1 - t0)
 
     def header(self) -> str:
         return ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in self.stages.items())

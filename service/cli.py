@@ -1,7 +1,7 @@
 """``pspnet-serve``: run the server, or segment / evaluate / benchmark from the command line.
 
     pspnet-serve [--model PATH] [--host H] [--port P] [--max-batch N ...]   serve over HTTP
-    pspnet-serve segment IMAGES... --out DIR [--mode ...] [--output ...]  offline, same engine
+    pspnet-serve segment INPUTS... --out DIR [--output ...] [--ray ...]   offline: files, folders, globs
     pspnet-serve evaluate --model X.onnx --images DIR --labels DIR        mIoU of an artifact
     pspnet-serve bench --url URL --image IMG [--concurrency N | --rate R]  load generator
 """
@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service import logs
 from service.settings import Settings
 
 COMMANDS = ("serve", "segment", "evaluate", "bench")
@@ -45,9 +46,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise SystemExit(2) from None
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+def _configure_logging(level: str, fmt: logs.LogFormat = "text") -> None:
+    logs.configure(fmt, level)
 
 
 def serve(argv: list[str]) -> int:
@@ -55,23 +55,25 @@ def serve(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_settings_flags(parser)
     settings = settings_from(parser.parse_args(argv))
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     from service.artifact import ArtifactError, read_meta
 
     try:
         # fail before binding a port: a missing or corrupt model is a clear one-line error
         read_meta(settings.model)
     except ArtifactError as e:
-        print(f"pspnet-serve: cannot serve {settings.model}: {e}", file=sys.stderr)
+        # logged, not printed: in json mode this line, too, is one a log pipeline can read
+        logging.getLogger("pspnet.cli").error("cannot serve %s: %s", settings.model, e)
         return 2
     import uvicorn
 
     from service.app import create_app
 
     app = create_app(settings)
+    # access_log off: the middleware writes the one access line per request (service/logs.py)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
-                            lifespan="on")
+                            lifespan="on", log_config=logs.uvicorn_log_config(settings.log_format))
     server = uvicorn.Server(config)
     server.run()
     # uvicorn returns normally when startup failed; make that an error exit
@@ -92,9 +94,19 @@ def main(argv: list[str] | None = None) -> int:
         from service.evaluate import evaluate_main
 
         return evaluate_main(rest)
-    from service.bench import bench_main
+    return _bench(rest)
 
-    code: int = bench_main(rest)
+
+def _bench(argv: list[str]) -> int:
+    # the load generator is not part of the service (the images leave it out): it comes with
+    # the `bench` extra, and its absence is a usage message, not a traceback
+    try:
+        from loadtest.bench import bench_main
+    except ModuleNotFoundError as e:
+        print(f"pspnet-serve bench: the load generator is not installed ({e.name} is missing); "
+              "install it from a checkout with pip install '.[bench]'", file=sys.stderr)
+        return 2
+    code: int = bench_main(argv)
     return code
 
 

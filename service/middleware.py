@@ -1,24 +1,31 @@
-"""Pure ASGI middleware: request id, in-flight gauge, per-route metrics, one log line per request.
+"""Pure ASGI middleware: request id, in-flight gauge, per-route metrics, one log line and one trace
+span per request.
 
 Metric labels are route templates (``/v1/segment``), never raw paths, so a
 scan of random URLs cannot blow up the series count. Gauges are decremented in
 ``finally`` blocks so an exception never leaks a count.
+
+The app leaves two things in ``scope["state"]`` for the access line and the span:
+``timings`` (the chain's :class:`~service.chain.Timings`, filled as stages finish,
+so a request that timed out still shows how far it got) and ``log_extra``
+(fields of a finished segmentation: tiles, mode, size ...).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.chain import Timings
+from service.logs import log_request
 from service.metrics import Metrics
+from service.tracing import NO_TRACING, Tracing
 
-log = logging.getLogger("pspnet.access")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -32,10 +39,14 @@ def request_id_from(scope: Scope) -> str:
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: frozenset[str], *,
+                 tracing: Tracing = NO_TRACING, model_name: Callable[[], str | None] = lambda: None) -> None:
         self.app = app
         self.metrics = metrics
         self.routes = routes
+        self.tracing = tracing
+        #: the served model's name for the access line (None until it is loaded)
+        self.model_name = model_name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,10 +55,13 @@ class ObservabilityMiddleware:
         rid = request_id_from(scope)
         scope.setdefault("state", {})["request_id"] = rid
         path: str = scope["path"]
-        route = path if path in self.routes else "unmatched"
+        matched = path in self.routes
+        route = path if matched else "unmatched"
         status = 500
         bytes_out = 0
         start = time.perf_counter()
+        span = self.tracing.start(method=scope["method"], route=path if matched else None, path=path,
+                                  headers=scope.get("headers", []), request_id=rid)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, bytes_out
@@ -69,8 +83,18 @@ class ObservabilityMiddleware:
             self.metrics.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
             self.metrics.latency.labels(route=route).observe(elapsed)
             extra: dict[str, Any] = scope["state"].get("log_extra", {})
-            log.info(json.dumps({
-                "event": "request", "request_id": rid, "method": scope["method"], "path": path,
-                "status": status, "duration_ms": round(elapsed * 1000, 2), "bytes_out": bytes_out,
-                **extra,
-            }, separators=(",", ":")))
+            timings: Timings = scope["state"].get("timings") or Timings()
+            model = self.model_name()
+            fields: dict[str, Any] = {
+                "event": "request", "request_id": rid, "method": scope["method"], "route": route,
+                "path": path, "status": status, "duration_ms": round(elapsed * 1000, 2),
+                "stages_ms": {k: round(v * 1000, 2) for k, v in timings.stages.items()},
+                "tiles": 0, "model": model, "bytes_out": bytes_out, **extra,
+            }
+            if span.trace_id is not None:
+                fields["trace_id"] = span.trace_id  # finds the trace from the log line
+            log_request(fields)
+            attributes: dict[str, str | int] = {"pspnet.tiles": fields["tiles"]}
+            if model is not None:
+                attributes["pspnet.model"] = model
+            span.end(status=status, stages=timings.intervals, attributes=attributes)

@@ -7,14 +7,30 @@ server with a message naming the variable. Every field is also a flag of
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: the default model shipped in the repository (and copied into the images)
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "weights" / "pspnet_camvid.onnx"
+
+def shipped_model(name: str = "pspnet_camvid.onnx") -> Path:
+    """A shipped artifact: the checkout's ``weights/`` (a clone, an editable install), else the
+    package data of an installed wheel (``pspnet_weights``, see setup.py). When neither has it,
+    the checkout's path, which the ``model`` setting then reports as not found."""
+    checkout = Path(__file__).resolve().parent.parent / "weights" / name
+    if checkout.is_file():
+        return checkout
+    spec = importlib.util.find_spec("pspnet_weights")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return checkout
+
+
+#: the default model (the images copy it to /app/weights and name it in PSPNET_MODEL)
+DEFAULT_MODEL = shipped_model()
 
 
 class Settings(BaseSettings):
@@ -50,6 +66,9 @@ class Settings(BaseSettings):
     auth_token: SecretStr | None = Field(
         None, description="if set, /v1/* requires 'Authorization: Bearer <token>'")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines: text for people, or json (one object a line, uvicorn's too) "
+        "for a log pipeline")
     jpeg_quality: int = Field(90, ge=1, le=100, description="quality of JPEG overlays")
     overlay_alpha: float = Field(0.5, ge=0, le=1, description="weight of the mask in overlays")
 

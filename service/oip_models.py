@@ -1,0 +1,131 @@
+"""What the Open Inference Protocol says about a model: metadata, Triton-style config, statistics.
+
+Every artifact is served the same way: two inputs of which a request sends one
+(``image``: encoded files, BYTES [N]; ``pixels``: RGB UINT8 [N, H, W, 3], or
+[H, W, 3] unbatched) and one output ``labels`` of the input's size (UINT8, UINT16
+beyond 256 classes). Each model is version "1". Statistics follow Triton's
+``/v2/models/{name}/stats`` shape: cumulative counts and nanoseconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.artifact import ArtifactMeta, label_dtype
+
+VERSION = "1"
+PLATFORM = "pspnet_onnx"
+_TRITON_TYPES = {"BYTES": "TYPE_STRING", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16"}
+
+
+def labels_datatype(meta: ArtifactMeta) -> str:
+    return "UINT8" if label_dtype(meta.num_classes).__name__ == "uint8" else "UINT16"
+
+
+def _tensors(meta: ArtifactMeta) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    inputs = [{"name": "image", "datatype": "BYTES", "shape": [-1]},
+              {"name": "pixels", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
+    outputs = [{"name": "labels", "datatype": labels_datatype(meta), "shape": [-1, -1, -1]}]
+    return inputs, outputs
+
+
+def metadata(meta: ArtifactMeta) -> dict[str, Any]:
+    """``GET /v2/models/{name}``."""
+    inputs, outputs = _tensors(meta)
+    return {"name": meta.name, "versions": [VERSION], "platform": PLATFORM, "inputs": inputs,
+            "outputs": outputs}
+
+
+def config(meta: ArtifactMeta, *, max_batch_tiles: int, max_wait_ms: float) -> dict[str, Any]:
+    """``GET /v2/models/{name}/config``, in Triton's JSON form of a model config.
+
+    ``max_batch_size`` is 0: shapes are whole (a request's N images are its first dim), because
+    what the server batches is tiles, across requests, up to ``max_batch_tiles`` per run; the
+    ``parameters`` say so, with the classes and the protocol defaults.
+    """
+    inputs, outputs = _tensors(meta)
+
+    def triton(t: dict[str, Any]) -> dict[str, Any]:
+        return {"name": t["name"], "data_type": _TRITON_TYPES[t["datatype"]], "dims": t["shape"]}
+
+    p = meta.protocol
+    parameters = {
+        "classes": ",".join(meta.classes), "tile": f"{meta.tile[0]}x{meta.tile[1]}",
+        "mode": p.mode, "base_size": str(p.base_size), "scales": ",".join(f"{s:g}" for s in p.scales),
+        "flip": str(p.flip).lower(), "tile_batching": f"up to {max_batch_tiles} tiles of all requests, "
+        f"waiting at most {max_wait_ms:g} ms",
+    }
+    return {"name": meta.name, "platform": PLATFORM, "backend": "onnxruntime", "max_batch_size": 0,
+            "input": [triton(t) for t in inputs], "output": [triton(t) for t in outputs],
+            "parameters": {k: {"string_value": v} for k, v in parameters.items()}}
+
+
+@dataclass
+class _Duration:
+    count: int = 0
+    ns: int = 0
+
+    def json(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class ModelStats:
+    """Cumulative statistics of one model, updated from request handlers and the batcher's thread."""
+
+    inference_count: int = 0  # images answered successfully
+    execution_count: int = 0  # batches run
+    last_inference_ms: int = 0
+    success: _Duration = field(default_factory=_Duration)
+    fail: _Duration = field(default_factory=_Duration)
+    queue: _Duration = field(default_factory=_Duration)
+    compute_input: _Duration = field(default_factory=_Duration)
+    compute_infer: _Duration = field(default_factory=_Duration)
+    compute_output: _Duration = field(default_factory=_Duration)
+    batches: dict[int, _Duration] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def request(self, *, ok: bool, images: int, seconds: float, stages: dict[str, float]) -> None:
+        """One request: its outcome, wall time, and the chain's stage times (decode/plan -> input,
+        batch -> queue + infer as the batcher saw it, stitch/encode -> output)."""
+        with self._lock:
+            (self.success if ok else self.fail).count += 1
+            (self.success if ok else self.fail).ns += int(seconds * 1e9)
+            if ok:
+                self.inference_count += images
+                self.last_inference_ms = int(time.time() * 1000)
+                for name, bucket in (("decode", self.compute_input), ("plan", self.compute_input),
+                                     ("batch", self.queue), ("stitch", self.compute_output),
+                                     ("encode", self.compute_output)):
+                    if name in stages:
+                        bucket.ns += int(stages[name] * 1e9)
+                for bucket in (self.compute_input, self.queue, self.compute_output):
+                    bucket.count += 1
+
+    def batch(self, size: int, seconds: float) -> None:
+        """One batch of ``size`` tiles run by the engine in ``seconds``."""
+        with self._lock:
+            self.execution_count += 1
+            self.compute_infer.count += 1
+            self.compute_infer.ns += int(seconds * 1e9)
+            d = self.batches.setdefault(size, _Duration())
+            d.count += 1
+            d.ns += int(seconds * 1e9)
+
+    def json(self, name: str) -> dict[str, Any]:
+        """One entry of ``model_stats``."""
+        with self._lock:
+            return {
+                "name": name, "version": VERSION, "last_inference": self.last_inference_ms,
+                "inference_count": self.inference_count, "execution_count": self.execution_count,
+                "inference_stats": {
+                    "success": self.success.json(), "fail": self.fail.json(), "queue": self.queue.json(),
+                    "compute_input": self.compute_input.json(), "compute_infer": self.compute_infer.json(),
+                    "compute_output": self.compute_output.json(),
+                    "cache_hit": {"count": 0, "ns": 0}, "cache_miss": {"count": 0, "ns": 0}},
+                "batch_stats": [{"batch_size": size, "compute_infer": d.json()}
+                                for size, d in sorted(self.batches.items())],
+            }
