@@ -127,7 +127,8 @@ check "grafana dashboard and provisioning parse" parse_grafana
 section "kubernetes-validate"
 rendered=$(mktemp -d)
 trap 'rm -rf "$rendered"' EXIT
-mapfile -t manifests < <(find k8s -name '*.yaml' ! -name kustomization.yaml | sort)
+# k8s/kserve/ is KServe's CRD, which no offline schema covers: tests/deploy/test_kserve.py checks it
+mapfile -t manifests < <(find k8s -name '*.yaml' ! -name kustomization.yaml ! -path 'k8s/kserve/*' | sort)
 render() { "$TOOLS/bin/python" scripts/k8s_overlay.py "$1" > "$2"; }
 for dir in $(find k8s -name kustomization.yaml -exec dirname {} \; | sort); do
     out="$rendered/$(echo "$dir" | tr / _).yaml"

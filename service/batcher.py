@@ -91,6 +91,7 @@ class BatchObserver(Protocol):
     """Metrics hooks (service.metrics.Metrics implements them); called on the event loop."""
 
     def on_batch(self, size: int, seconds: float) -> None: ...
+    def on_batch_failed(self, size: int, error: BaseException) -> None: ...
     def on_drop(self, reason: str, tiles: int) -> None: ...
     def on_reject(self, reason: str) -> None: ...
     def on_queue(self, depth: int) -> None: ...
@@ -423,6 +424,8 @@ class TileBatcher:
         except Exception as e:  # CancelledError is not an Exception: stop(drain=False) passes through
             self.stats.failed_batches += 1
             log.error("batch of %d tiles failed: %r", size, e, exc_info=e)
+            failure: BaseException = e  # the except block's name is gone after it: keep the error
+            self._observe(lambda o: o.on_batch_failed(size, failure))
             for r, _, _ in parts:  # a request appears at most once in a batch
                 self._fail(r, e, "failed")
             return

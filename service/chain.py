@@ -199,17 +199,22 @@ class Chain:
         size = declared_size(data, fmt) if fmt is not None else None
         if size is None or size[0] < 1 or size[1] < 1:
             return None
-        p, costs = self.meta.protocol, []
-        for height, width in ((size[1], size[0]), (size[0], size[1])):
-            try:
-                geometry = plan_geometry(height, width, tile=self.meta.tile, mode=params.mode,
-                                         scales=params.scales, flip=params.flip, base_size=p.base_size,
-                                         stride_rate=p.stride_rate)
-            except ValueError:
-                return None
-            costs.append(request_peak_bytes(height, width, geometry, num_classes=self.meta.num_classes,
-                                            tile=self.meta.tile, output=output, body_bytes=len(data)))
-        return max(costs)
+        costs = [self.peak_bytes_for(height, width, params, output, body_bytes=len(data))
+                 for height, width in ((size[1], size[0]), (size[0], size[1]))]
+        return None if None in costs else max(c for c in costs if c is not None)
+
+    def peak_bytes_for(self, height: int, width: int, params: InferenceParams, output: str, *,
+                       body_bytes: int = 0) -> int | None:
+        """:meth:`peak_bytes` of an image of known size (decoded pixels sent as a tensor)."""
+        p = self.meta.protocol
+        try:
+            geometry = plan_geometry(height, width, tile=self.meta.tile, mode=params.mode,
+                                     scales=params.scales, flip=params.flip, base_size=p.base_size,
+                                     stride_rate=p.stride_rate)
+        except ValueError:
+            return None
+        return request_peak_bytes(height, width, geometry, num_classes=self.meta.num_classes,
+                                  tile=self.meta.tile, output=output, body_bytes=body_bytes)
 
     # synchronous
 

@@ -82,6 +82,14 @@ class Unauthorized(ServiceError):
         return {**super().headers(), "WWW-Authenticate": "Bearer"}
 
 
+class NotFound(ServiceError):
+    default_detail = "No such model."
+
+
+class Conflict(ServiceError):
+    default_detail = "The request conflicts with the server's state."
+
+
 class PayloadTooLarge(ServiceError):
     default_detail = "The image is larger than this server accepts."
 
@@ -114,6 +122,8 @@ PROBLEMS: dict[type[ServiceError], Problem] = {
     ServiceError: Problem(500, "Internal Server Error", "internal"),
     BadRequest: Problem(400, "Bad Request", "bad-request"),
     Unauthorized: Problem(401, "Unauthorized", "unauthorized"),
+    NotFound: Problem(404, "Not Found", "not-found"),
+    Conflict: Problem(409, "Conflict", "conflict"),
     PayloadTooLarge: Problem(413, "Content Too Large", "too-large"),
     UnsupportedMediaType: Problem(415, "Unsupported Media Type", "unsupported-media-type"),
     UndecodableImage: Problem(422, "Undecodable Image", "undecodable-image"),

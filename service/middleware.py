@@ -1,8 +1,9 @@
 """Pure ASGI middleware: request id, in-flight gauge, per-route metrics, one log line and one trace
 span per request.
 
-Metric labels are route templates (``/v1/segment``), never raw paths, so a
-scan of random URLs cannot blow up the series count. Gauges are decremented in
+Metric labels are route templates (``/v1/models/{name}/segment``), read from the
+app's own routes, never raw paths, so a scan of random URLs cannot blow up the
+series count; the ``model`` label is the model the handler served. Gauges are decremented in
 ``finally`` blocks so an exception never leaks a count.
 
 The app leaves two things in ``scope["state"]`` for the access line and the span:
@@ -16,7 +17,6 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,15 +38,20 @@ def request_id_from(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+def route_template(scope: Scope) -> str | None:
+    """The path template of the route the app's router matched (``/v1/models/{name}/segment``):
+    the router leaves the route in ``scope["route"]``, so labels come from the app's own routes and
+    none can be forgotten; None when no route matched (404)."""
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    return template if isinstance(template, str) else None
+
+
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: frozenset[str], *,
-                 tracing: Tracing = NO_TRACING, model_name: Callable[[], str | None] = lambda: None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, *, tracing: Tracing = NO_TRACING) -> None:
         self.app = app
         self.metrics = metrics
-        self.routes = routes
         self.tracing = tracing
-        #: the served model's name for the access line (None until it is loaded)
-        self.model_name = model_name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,12 +60,11 @@ class ObservabilityMiddleware:
         rid = request_id_from(scope)
         scope.setdefault("state", {})["request_id"] = rid
         path: str = scope["path"]
-        matched = path in self.routes
-        route = path if matched else "unmatched"
         status = 500
         bytes_out = 0
         start = time.perf_counter()
-        span = self.tracing.start(method=scope["method"], route=path if matched else None, path=path,
+        # the route is known once the router has run: the span is named at its end
+        span = self.tracing.start(method=scope["method"], route=None, path=path,
                                   headers=scope.get("headers", []), request_id=rid)
 
         async def send_wrapper(message: Message) -> None:
@@ -80,11 +84,15 @@ class ObservabilityMiddleware:
         finally:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - start
-            self.metrics.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
-            self.metrics.latency.labels(route=route).observe(elapsed)
+            template = route_template(scope)
+            route = template or "unmatched"
+            # the model the handler served (set in scope["state"] by the model routes)
+            model: str | None = scope["state"].get("model")
+            self.metrics.requests.labels(route=route, method=scope["method"], status=str(status),
+                                         model=model or "").inc()
+            self.metrics.latency.labels(route=route, model=model or "").observe(elapsed)
             extra: dict[str, Any] = scope["state"].get("log_extra", {})
             timings: Timings = scope["state"].get("timings") or Timings()
-            model = self.model_name()
             fields: dict[str, Any] = {
                 "event": "request", "request_id": rid, "method": scope["method"], "route": route,
                 "path": path, "status": status, "duration_ms": round(elapsed * 1000, 2),
@@ -97,4 +105,4 @@ class ObservabilityMiddleware:
             attributes: dict[str, str | int] = {"pspnet.tiles": fields["tiles"]}
             if model is not None:
                 attributes["pspnet.model"] = model
-            span.end(status=status, stages=timings.intervals, attributes=attributes)
+            span.end(status=status, stages=timings.intervals, attributes=attributes, route=template)

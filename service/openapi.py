@@ -14,7 +14,7 @@ a client generated from ``/openapi.json`` is a usable one:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, Any
 
 from fastapi import FastAPI
@@ -36,6 +36,8 @@ IMAGE_MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/we
 ERRORS = {
     400: "bad parameters: unknown, repeated or not applicable to the output, or invalid values",
     401: "missing or wrong bearer token",
+    404: "no model of that name (or version) is served",
+    409: "the repository cannot be served as a whole (e.g. two artifacts with one name): nothing changed",
     413: "body or pixel count over the limit, or more tiles than the queue holds",
     415: "not an image format the service reads",
     422: "undecodable image",
@@ -105,18 +107,46 @@ class ModelInfo(BaseModel):
     provider: str = Field(description="the ONNX Runtime execution provider in use")
     source: dict[str, Any]
     metrics: dict[str, Any]
+    ready: bool = Field(description="warmed up and not failing: it takes requests")
+    default: bool = Field(description="the model /v1/segment serves")
+    reason: str | None = Field(description="why it is not ready, when it is not")
+    reload_error: str | None = Field(description="its file failed to load at the last reload; this "
+                                                 "version keeps serving")
+
+
+class UnavailableModel(BaseModel):
+    """An ``.onnx`` file of the repository that is not served."""
+
+    file: str
+    name: str
+    reason: str | None
 
 
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
+    unavailable: list[UnavailableModel] = Field(description="files of the model directory not served, "
+                                                            "with the reason")
+    default: str | None = Field(description="the model /v1/segment serves; null when there are several "
+                                            "and PSPNET_DEFAULT_MODEL is not set")
+
+
+class ModelReadiness(BaseModel):
+    name: str
+    ready: bool
+    reason: str | None
+    provider: str
 
 
 class Readiness(BaseModel):
+    """Ready when every model is; provider, fallback_reason, model and warmup_seconds are the
+    default model's."""
+
     ready: bool
     provider: str | None
     fallback_reason: str | None
     model: str | None
     warmup_seconds: float | None
+    models: list[ModelReadiness]
 
 
 #: models referenced by hand below (FastAPI registers those it uses as response_model itself)
@@ -140,6 +170,32 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
             entry["headers"] = {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}}
         out[status] = entry
     return out
+
+
+def oip_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """Error responses of the Open Inference Protocol's routes: ``{"error": "..."}`` as JSON."""
+    schema = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"description": ERRORS[status],
+                                 "content": {"application/json": {"schema": schema}}}
+        if status == 401:
+            entry["headers"] = {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}}
+        out[status] = entry
+    return out
+
+
+def infer_operation() -> dict[str, Any]:
+    """``openapi_extra`` of POST /v2/models/{name}/infer: JSON, or JSON + binary tensor data."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
+            "id": {"type": "string"}, "parameters": {"type": "object"},
+            "inputs": {"type": "array", "items": {"type": "object"}},
+            "outputs": {"type": "array", "items": {"type": "object"}}}}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                     "description": "the JSON header (Inference-Header-Content-Length bytes) "
+                                                    "followed by the inputs' binary data"},
+    }}}
 
 
 def image_media_types() -> list[str]:
@@ -181,6 +237,7 @@ def install(app: FastAPI, *, secured_by: Callable[..., Any] | None) -> None:
         cached = app.openapi_schema is not None
         doc = generate()
         if not cached:
+            _drop_validation_errors(doc)
             _add_models(doc, DOCUMENTED)
             if secured_by is not None:
                 _add_bearer(doc, _secured(app.routes, secured_by))
@@ -189,16 +246,40 @@ def install(app: FastAPI, *, secured_by: Callable[..., Any] | None) -> None:
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise it
 
 
+def _drop_validation_errors(doc: dict[str, Any]) -> None:
+    """FastAPI documents a 422 with its own body on every operation with parameters; ours never
+    sends it (a validation error is a 400 problem, service/problems.py), so it goes, with its schemas."""
+    for ops in doc.get("paths", {}).values():
+        for op in ops.values():
+            response = op.get("responses", {}).get("422", {})
+            if "HTTPValidationError" in str(response.get("content", {})):
+                del op["responses"]["422"]
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+
+
 def _add_models(doc: dict[str, Any], models: Iterable[type[BaseModel]]) -> None:
     _, defs = models_json_schema([(m, "serialization") for m in models], ref_template=REF)
     doc.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
 
 
+def api_routes(routes: Iterable[Any]) -> Iterator[APIRoute]:
+    """Every APIRoute of an app, also inside included routers (FastAPI 0.16x keeps an included
+    router as one entry of ``app.routes`` whose ``original_router`` holds its routes)."""
+    for r in routes:
+        if isinstance(r, APIRoute):
+            yield r
+        inner = getattr(r, "original_router", None)
+        if inner is not None:
+            yield from api_routes(inner.routes)
+
+
 def _secured(routes: Iterable[Any], dependency: Callable[..., Any]) -> list[tuple[str, str]]:
     """(path, method) of every route that has ``dependency``."""
     found = []
-    for r in routes:
-        if isinstance(r, APIRoute) and any(d.call is dependency for d in r.dependant.dependencies):
+    for r in api_routes(routes):
+        if any(d.call is dependency for d in r.dependant.dependencies):
             found += [(r.path, m.lower()) for m in r.methods or ()]
     return found
 

@@ -47,11 +47,15 @@ def _entry(path: Path) -> ModelEntry:
     return ModelEntry(meta.name, path, meta)
 
 
-def scan(path: Path) -> list[ModelEntry]:
-    """The entries of ``path`` (a file or a directory), sorted by name; raises RepositoryError."""
+def scan(path: Path, *, require_servable: bool = True) -> list[ModelEntry]:
+    """The entries of ``path`` (a file or a directory), sorted by name; raises RepositoryError.
+
+    ``require_servable=False`` (a reload, where a broken file keeps its previous version serving):
+    entries are returned even when none is usable; two usable files of one name still raise.
+    """
     if path.is_file():
         entry = _entry(path)
-        if entry.error is not None:
+        if entry.error is not None and require_servable:
             raise RepositoryError(entry.error)
         return [entry]
     if not path.is_dir():
@@ -64,7 +68,7 @@ def scan(path: Path) -> list[ModelEntry]:
                                   f"{e.path.name}; rename one (its metadata name) or move it out")
         if e.available:
             served[e.name] = e
-    if not served:
+    if not served and require_servable:
         reasons = "; ".join(f"{e.path.name}: {e.error}" for e in entries) or "no .onnx files"
         raise RepositoryError(f"no servable model in {path} ({reasons})")
     return sorted(entries, key=lambda e: (e.name, e.path.name))

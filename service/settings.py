@@ -36,7 +36,15 @@ DEFAULT_MODEL = shipped_model()
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PSPNET_", extra="ignore", protected_namespaces=())
 
-    model: Path = Field(DEFAULT_MODEL, description="ONNX artifact to serve (exported by pspnet-model)")
+    model: Path = Field(DEFAULT_MODEL, description="ONNX artifact to serve (exported by pspnet-model), or a "
+                        "directory of them: each served under its metadata name")
+    default_model: str | None = Field(
+        None, description="the model /v1/segment serves when the repository holds several "
+        "(default: the only one)")
+    max_consecutive_failures: int = Field(
+        3, ge=1, description="a model whose batches fail this many times in a row stops being ready")
+    probe_interval_s: float = Field(
+        10.0, gt=0, description="how often a failing model gets a probe batch (success restores it)")
     host: str = Field("0.0.0.0", description="bind address")
     port: int = Field(8000, ge=1, le=65535, description="bind port")
     provider: Literal["auto", "cuda", "cpu"] = Field(
@@ -84,6 +92,6 @@ class Settings(BaseSettings):
     @field_validator("model")
     @classmethod
     def _model_exists(cls, v: Path) -> Path:
-        if not v.is_file():
-            raise ValueError(f"model file not found: {v}")
+        if not (v.is_file() or v.is_dir()):
+            raise ValueError(f"model file or directory not found: {v}")
         return v

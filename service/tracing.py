@@ -44,8 +44,10 @@ class RequestSpan:
     #: the trace id (32 hex digits) for log lines, None when not traced
     trace_id: str | None = None
 
-    def end(self, *, status: int, stages: Sequence[Interval], attributes: Mapping[str, Attribute]) -> None:
-        """Close the span with the response status, a child span per stage and more attributes."""
+    def end(self, *, status: int, stages: Sequence[Interval], attributes: Mapping[str, Attribute],
+            route: str | None = None) -> None:
+        """Close the span with the response status, a child span per stage and more attributes;
+        ``route``: the template the router matched (known only once the app has run)."""
 
 
 class Tracing:

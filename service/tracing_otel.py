@@ -46,9 +46,11 @@ def _resource() -> Resource:
 
 
 class OtelRequestSpan(RequestSpan):
-    def __init__(self, tracer: trace.Tracer, span: trace.Span, wall_ns: int, perf: float) -> None:
+    def __init__(self, tracer: trace.Tracer, span: trace.Span, wall_ns: int, perf: float,
+                 method: str) -> None:
         self._tracer = tracer
         self._span = span
+        self._method = method
         # the wall clock the span started at, and the perf_counter reading of the same instant
         self._wall_ns = wall_ns
         self._perf = perf
@@ -58,9 +60,13 @@ class OtelRequestSpan(RequestSpan):
     def _ns(self, perf: float) -> int:
         return self._wall_ns + round((perf - self._perf) * 1e9)
 
-    def end(self, *, status: int, stages: Sequence[Interval], attributes: Mapping[str, Attribute]) -> None:
+    def end(self, *, status: int, stages: Sequence[Interval], attributes: Mapping[str, Attribute],
+            route: str | None = None) -> None:
         span = self._span
         if span.is_recording():
+            if route is not None:  # "{method} {route}" per the HTTP semantic conventions
+                span.update_name(f"{self._method} {route}")
+                span.set_attribute("http.route", route)
             parent = trace.set_span_in_context(span)
             for name, t0, t1 in stages:
                 child = self._tracer.start_span(name, context=parent, start_time=self._ns(t0))
@@ -101,7 +107,7 @@ class OtelTracing(Tracing):
         wall_ns, perf = time.time_ns(), time.perf_counter()
         span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes,
                                       start_time=wall_ns)
-        return OtelRequestSpan(self.tracer, span, wall_ns, perf)
+        return OtelRequestSpan(self.tracer, span, wall_ns, perf, method)
 
     def shutdown(self) -> None:
         self.provider.shutdown()

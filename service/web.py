@@ -44,8 +44,6 @@ PAGE_ASSETS = {"/web/app.js": "app.js", "/web/style.css": "style.css", "/web/doc
 SWAGGER_ASSETS = {"/docs/swagger-ui-bundle.js": "swagger-ui-bundle.js",
                   "/docs/swagger-ui.css": "swagger-ui.css", "/docs/favicon-32x32.png": "favicon-32x32.png"}
 PAGES = {"/": "index.html", "/docs": "docs.html"}
-#: every path served here: exact paths, so each can be a metric label (service/middleware.py)
-ROUTES = frozenset([*PAGES, *PAGE_ASSETS, *SWAGGER_ASSETS])
 SWAGGER_DIR: Traversable = swagger_ui_bundle.swagger_ui_path
 SWAGGER_UI_VERSION = SWAGGER_DIR.name.removeprefix("swagger-ui-")
 

@@ -1,4 +1,5 @@
-// The demo page. One request per run, POST v1/segment?output=json&include_mask=true: the label
+// The demo page. One request per run, POST v1/segment?output=json&include_mask=true (with several
+// models, v1/models/{name}/segment of the one picked): the label
 // map comes back as a PNG of class ids, coloured here with the model's palette, so moving the
 // opacity slider needs no new request. No framework and no build step: this file is served as is.
 "use strict";
@@ -52,12 +53,15 @@ async function loadModels() {
     if (response.status === 503 && wait > 0) setTimeout(loadModels, wait * 1000); // still loading
     return;
   }
-  state.models = (await response.json()).models;
+  const listing = await response.json();
+  state.models = listing.models;
   clearError();
   const picker = $("model");
   picker.replaceChildren(...state.models.map((m, i) => new Option(`${m.name} (${m.dataset})`, String(i))));
   $("model-picker").hidden = state.models.length < 2;
-  chooseModel(0);
+  const first = Math.max(0, state.models.findIndex((m) => m.name === listing.default));
+  picker.value = String(first);
+  chooseModel(first);
 }
 
 async function run() {
@@ -79,7 +83,9 @@ async function run() {
   setBusy(true, "Segmenting\u2026");
   const t0 = performance.now();
   try {
-    const response = await fetch(`v1/segment?${params}`, {
+    // one model: the plain route; several: the picked one's (the server has no default to guess)
+    const route = state.models.length > 1 ? `v1/models/${encodeURIComponent(state.model.name)}/segment` : "v1/segment";
+    const response = await fetch(`${route}?${params}`, {
       method: "POST",
       body: file,
       headers: { "Content-Type": file.type || "application/octet-stream", ...authHeaders() },

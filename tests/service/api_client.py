@@ -26,12 +26,14 @@ def png_bytes(height: int = 40, width: int = 60, seed: int = 0, mode: str = "RGB
 
 
 @asynccontextmanager
-async def serving(model: Path, *, wait_ready: bool = True,
+async def serving(model: Path, *, wait_ready: bool = True, raise_app_exceptions: bool = True,
                   **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """``raise_app_exceptions=False``: a 500 reaches the client as a response, as over a socket
+    (Starlette answers an unhandled error, then re-raises it for the server to log)."""
     settings = Settings(model=model, **overrides)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
             if wait_ready:
                 for _ in range(600):

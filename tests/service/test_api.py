@@ -110,13 +110,17 @@ async def test_body_over_the_byte_limit_is_413_before_decoding(model: Path) -> N
 
 async def test_unknown_route_and_method(model: Path) -> None:
     async with serving(model) as c:
-        missing = await c.get("/v2/nothing")
+        missing = await c.get("/v3/nothing")
         wrong = await c.get("/v1/segment")
+        oip_missing = await c.get("/v2/nothing")
         metrics = (await c.get("/metrics")).text
     assert missing.status_code == 404 and missing.headers["content-type"] == PROBLEM
     assert wrong.status_code == 405 and wrong.headers["content-type"] == PROBLEM
-    # raw paths never become label values
-    assert "/v2/nothing" not in metrics and 'route="unmatched"' in metrics
+    # under /v2 errors take the Open Inference Protocol's shape
+    assert oip_missing.status_code == 404 and set(oip_missing.json()) == {"error"}
+    # raw paths never become label values; a 405 is labelled with the route it reached
+    assert "/v3/nothing" not in metrics and "/v2/nothing" not in metrics and 'route="unmatched"' in metrics
+    assert 'method="GET",model="",route="/v1/segment",status="405"' in metrics
 
 
 async def test_request_id_is_echoed_or_made(model: Path) -> None:
@@ -230,11 +234,11 @@ async def test_concurrent_requests_share_batches(model: Path) -> None:
             c.post("/v1/segment?mode=whole&output=json", **_raw(png_bytes(seed=i))) for i in range(20)])
         text = (await c.get("/metrics")).text
     assert [r.status_code for r in results] == [200] * 20
-    count = metric_samples(text, "pspnet_batch_size_tiles_count")[""]
-    total = metric_samples(text, "pspnet_batch_size_tiles_sum")[""]
+    count = metric_samples(text, "pspnet_batch_size_tiles_count")['{model="tiny"}']
+    total = metric_samples(text, "pspnet_batch_size_tiles_sum")['{model="tiny"}']
     assert total == 20 and count < 20, f"{count} batches for 20 tiles: nothing was batched"
     requests = metric_samples(text, "pspnet_requests_total")
-    assert requests['{method="POST",route="/v1/segment",status="200"}'] == 20
+    assert requests['{method="POST",model="tiny",route="/v1/segment",status="200"}'] == 20
 
 
 async def test_sixteen_bit_labels_beyond_256_classes(tmp_path: Path) -> None:

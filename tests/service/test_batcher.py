@@ -77,10 +77,14 @@ class RecordingObserver:
         self.drops: list[tuple[str, int]] = []
         self.rejects: list[str] = []
         self.depths: list[int] = []
+        self.failures: list[tuple[int, str]] = []
 
     def on_batch(self, size: int, seconds: float) -> None:
         assert seconds >= 0
         self.batches.append(size)
+
+    def on_batch_failed(self, size: int, error: BaseException) -> None:
+        self.failures.append((size, type(error).__name__))
 
     def on_drop(self, reason: str, tiles: int) -> None:
         self.drops.append((reason, tiles))
@@ -317,7 +321,8 @@ def test_failing_batch_fails_only_its_own_requests() -> None:
         assert runner.batches == [[100, 200], [300, 301]], "request 2's other tiles should be dropped"
         assert b.stats.failed_batches == 1 and b.stats.dropped == {"failed": 2}
         np.testing.assert_array_equal(await b.submit(tiles(4, 2), deadline=deadline()), expected(4, 2))
-        assert obs.batches == [2, 2]  # only successful batches are observed
+        assert obs.batches == [2, 2]  # only successful batches are observed as batches ...
+        assert obs.failures == [(2, "RuntimeError")]  # ... the failed one as a failure (model health)
         await b.stop()
     run(body)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import service.app
+import service.runtime
 from service.engine import Engine, session_options
 from tests.service.api_client import serving
 from tests.service.tiny_model import build_tiny_artifact
@@ -47,7 +47,7 @@ def test_the_setting_reaches_the_engine(tmp_path: Path, monkeypatch: pytest.Monk
             seen.append(spin)
             super().__init__(*args, spin=spin, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(service.app, "Engine", Recording)
+    monkeypatch.setattr(service.runtime, "Engine", Recording)
     overrides = {"ort_spin": True} if setting else {}
 
     async def body() -> None:

@@ -91,7 +91,7 @@ async def test_inference_error_fails_only_its_batch(model: Path, gated_engine: d
     """Two requests share the failing batch and get 500s; one queued behind it gets its mask."""
     gated_engine["fail"] = 1
     async with serving_500s(model, max_batch=2, max_wait_ms=500, warmup=False) as c:
-        batcher = c._transport.app.state.service.batcher  # type: ignore[attr-defined]
+        batcher = c._transport.app.state.service.models["tiny"].batcher  # type: ignore[attr-defined]
 
         def post(seed: int) -> Any:
             body = png_bytes(seed=seed)
@@ -118,7 +118,7 @@ async def test_inference_error_fails_only_its_batch(model: Path, gated_engine: d
     assert ok.status_code == 200 and after.status_code == 200 and ready.status_code == 200
     assert batcher.stats.failed_batches == 1 and batcher.stats.batches == 2
     requests = metric_samples(text, "pspnet_requests_total")
-    assert requests['{method="POST",route="/v1/segment",status="500"}'] == 2
+    assert requests['{method="POST",model="tiny",route="/v1/segment",status="500"}'] == 2
 
 
 # -- overload that would outlast a deadline -------------------------------------------------------------
@@ -224,7 +224,7 @@ class RawClient:
 async def test_client_disconnect_frees_its_queued_tiles(model: Path, gated_engine: dict[str, Any]) -> None:
     async with serving(model, max_batch=1, warmup=False) as c:
         app = c._transport.app  # type: ignore[attr-defined]
-        batcher = app.state.service.batcher
+        batcher = app.state.service.models["tiny"].batcher
         # one request holds the (blocked) runner ...
         holder = asyncio.create_task(c.post("/v1/segment?mode=whole", content=png_bytes(),
                                             headers={"content-type": "image/png"}))
@@ -242,8 +242,8 @@ async def test_client_disconnect_frees_its_queued_tiles(model: Path, gated_engin
         text = (await c.get("/metrics")).text
     assert queued > 2, "multiscale + flip should queue many tiles"
     assert batcher.stats.dropped["cancelled"] == queued
-    assert metric_samples(text, "pspnet_dropped_tiles_total")['{reason="cancelled"}'] == queued
-    assert metric_samples(text, "pspnet_rejections_total")['{reason="client_gone"}'] == 1
+    assert metric_samples(text, "pspnet_dropped_tiles_total")['{model="tiny",reason="cancelled"}'] == queued
+    assert metric_samples(text, "pspnet_rejections_total")['{model="tiny",reason="client_gone"}'] == 1
     # the runner saw the holder's tile only: none of the departed client's tiles ran
     assert batcher.stats.tiles_run == 1 and gated_engine["calls"] == 1
     # the departed request was logged and counted with the nginx-style 499, never sent a body

@@ -74,7 +74,13 @@ def api_schema(model: Path) -> Iterator[Any]:
 
 
 #: Every operation the schema documents (checked below, so a new route cannot go unfuzzed).
-OPERATIONS = ("GET /healthz", "GET /readyz", "GET /metrics", "GET /v1/models", "POST /v1/segment")
+V2_MODEL_OPERATIONS = tuple(f"{method} {prefix}{tail}" for prefix in ("/v2/models/{name}",
+                                                                       "/v2/models/{name}/versions/{version}")
+                            for method, tail in (("GET", ""), ("GET", "/ready"), ("GET", "/config"),
+                                                 ("GET", "/stats"), ("POST", "/infer")))
+OPERATIONS = ("GET /healthz", "GET /readyz", "GET /metrics", "GET /v1/models", "GET /v1/models/{name}",
+              "POST /v1/segment", "POST /v1/models/{name}/segment", "GET /v2", "GET /v2/health/live",
+              "GET /v2/health/ready", "GET /v2/models/stats", *V2_MODEL_OPERATIONS)
 MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
 
 
@@ -84,13 +90,19 @@ def _header(response: Any, name: str) -> str:
     return str(values[0])
 
 
-def check_problem(response: Any) -> None:
+def check_problem(response: Any, path: str = "") -> None:
     """The contract of every response, whatever was sent."""
     status = response.status_code
     assert status < 500 or status in ALLOWED_5XX, f"server error {status}: {response.content[:300]!r}"
     rid = _header(response, "x-request-id")
     assert rid, "every response carries X-Request-ID"
     if status < 400:
+        return
+    if path.startswith("/v2"):  # the Open Inference Protocol's error shape, as Triton's
+        ctype = _header(response, "content-type")
+        assert ctype.split(";")[0] == "application/json", f"{status} with content-type {ctype!r}"
+        error = json.loads(response.content)["error"]
+        assert isinstance(error, str) and error, response.content
         return
     ctype = _header(response, "content-type")
     assert ctype.split(";")[0] == PROBLEM_MEDIA_TYPE, f"{status} with content-type {ctype!r}"
@@ -122,11 +134,11 @@ def test_every_operation_answers_without_server_errors(api_schema: Any, label: s
     def run(case: Any) -> None:
         response = case.call_and_validate(checks=[status_code_conformance, content_type_conformance,
                                                   response_headers_conformance])
-        check_problem(response)
+        check_problem(response, path)
         statuses.add(response.status_code)
 
     run()
-    if method == "POST":
+    if label == "POST /v1/segment":
         # schemathesis sends real 1x1 PNG/JPEG/WebP samples as well as random bytes: the run must
         # have reached the model (200), the parameter checks (400) and the format sniffer (415)
         assert {200, 400, 415} <= statuses, statuses

@@ -124,4 +124,4 @@ async def test_over_the_budget_is_413_alone_and_503_beside_others(model: Path,
     assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
     assert "PSPNET_MAX_MEMORY_MB" not in busy.json()["detail"] and "MB" in busy.json()["detail"]
     assert never.status_code == 413 and "PSPNET_MAX_MEMORY_MB" in never.json()["detail"]
-    assert metric_samples(text, "pspnet_rejections_total").get('{reason="memory"}') == 2
+    assert metric_samples(text, "pspnet_rejections_total").get('{model="",reason="memory"}') == 2

@@ -57,12 +57,18 @@ def test_every_error_is_problem_json_with_its_schema(model: Path) -> None:
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             for status, response in op["responses"].items():
-                if int(status) >= 400:
-                    assert list(response["content"]) == [PROBLEM_MEDIA_TYPE], (path, method, status)
-                    schema = response["content"][PROBLEM_MEDIA_TYPE]["schema"]
-                    assert schema == {"$ref": "#/components/schemas/Problem"}
-                    seen.add(int(status))
-    assert seen == {400, 401, 413, 415, 422, 503, 504}
+                if int(status) < 400:
+                    continue
+                seen.add(int(status))
+                if path.startswith("/v2"):  # the Open Inference Protocol's own error shape
+                    assert list(response["content"]) == ["application/json"], (path, method, status)
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema["required"] == ["error"], (path, method, status)
+                    continue
+                assert list(response["content"]) == [PROBLEM_MEDIA_TYPE], (path, method, status)
+                schema = response["content"][PROBLEM_MEDIA_TYPE]["schema"]
+                assert schema == {"$ref": "#/components/schemas/Problem"}
+    assert seen == {400, 401, 404, 413, 415, 422, 503, 504}
     assert "HTTPValidationError" not in doc["components"]["schemas"]  # FastAPI's 422 body: never sent
     segment = doc["paths"]["/v1/segment"]["post"]["responses"]
     json_200 = segment["200"]["content"]["application/json"]["schema"]
@@ -79,11 +85,16 @@ def test_the_bearer_scheme_is_there_only_with_a_token_and_only_on_v1(model: Path
         "type": "http", "scheme": "bearer", "description": locked["components"]["securitySchemes"][
             "bearerAuth"]["description"]}}
     secured = {p for p, ops in locked["paths"].items() for op in ops.values() if "security" in op}
-    assert secured == {"/v1/segment", "/v1/models"}  # probes, metrics and docs stay open
+    # the model routes need the token; probes, metrics, docs and /v2's server routes stay open
+    assert secured == {p for p in locked["paths"] if p.startswith(("/v1/", "/v2/models"))}
+    assert {"/v1/segment", "/v1/models", "/v1/admin/reload", "/v2/models/{name}/infer"} <= secured
+    assert "/v1/admin/reload" not in open_doc["paths"]  # the reload route exists only with a token
 
 
 def test_the_browser_pages_stay_out_of_the_document(model: Path) -> None:
-    assert set(_schema(model)["paths"]) == {"/healthz", "/readyz", "/metrics", "/v1/models", "/v1/segment"}
+    paths = set(_schema(model)["paths"])
+    assert not {"/", "/docs", "/web/app.js"} & paths
+    assert {"/healthz", "/readyz", "/metrics", "/v1/models", "/v1/segment", "/v2"} <= paths
 
 
 @pytest.mark.anyio

@@ -1,0 +1,250 @@
+"""The Open Inference Protocol (KServe v2) over HTTP, as Triton serves it.
+
+Server: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``. Per model (version
+"1" only; ``/versions/1`` may be given): metadata, ``/ready``, ``/config``,
+``/stats`` and ``POST /infer``; ``GET /v2/models/stats`` for all models. An
+inference request sends exactly one input: ``image`` (BYTES [N], encoded files,
+every format /v1 takes) or ``pixels`` (UINT8 [N, H, W, 3], or [H, W, 3]
+unbatched, RGB); the one output, ``labels``, has the input's size. Its
+``parameters`` are /v1's: ``mode``, ``flip``, ``scales`` (a list or a
+comma-separated string). Errors are ``{"error": ...}`` with /v1's statuses
+(service/problems.py); every /v1 limit applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.admission import run_admitted
+from service.auth import require_token
+from service.chain import Timings, decode
+from service.errors import BadRequest, DeadlineExceeded, NotFound, PayloadTooLarge
+from service.oip_codec import (
+    BYTES,
+    HEADER_LENGTH,
+    InferRequest,
+    Output,
+    Tensor,
+    encode_response,
+    parse_request,
+)
+from service.oip_models import VERSION, config, labels_datatype, metadata
+from service.openapi import infer_operation, oip_errors
+from service.params import InferenceParams, resolve
+from service.runtime import ModelRuntime
+from service.state import Service, service_of
+from service.uploads import read_body
+
+SERVER_NAME = "pspnet-serving"
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+#: request parameters with a meaning here; the protocol's own are allowed and ignored
+PARAMETERS = {"mode", "flip", "scales"}
+PROTOCOL_PARAMETERS = {"binary_data_output"}
+V = "/v2/models/{name}"
+VV = "/v2/models/{name}/versions/{version}"
+
+
+def _model(request: Request, name: str, version: str | None) -> ModelRuntime:
+    if version is not None and version != VERSION:
+        raise NotFound(f"model {name!r} has version {VERSION} only, not {version!r}")
+    rt = service_of(request).runtime(name)
+    request.scope["state"]["model"] = rt.name  # the metrics' and the access line's model
+    return rt
+
+
+def router(server_version: str) -> APIRouter:
+    public = APIRouter(tags=["open inference protocol"])
+    r = APIRouter(tags=["open inference protocol"], dependencies=[Depends(require_token)])
+
+    @public.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": server_version, "extensions": EXTENSIONS}
+
+    @public.get("/v2/health/live", responses=oip_errors(503))
+    async def live(request: Request) -> Response:
+        if service_of(request).live:
+            return JSONResponse({"live": True})
+        return JSONResponse({"error": "every model is failing", "live": False}, status_code=503)
+
+    @public.get("/v2/health/ready", responses=oip_errors(503))
+    async def ready(request: Request) -> Response:
+        service = service_of(request)
+        if service.ready:
+            return JSONResponse({"ready": True})
+        reasons = "; ".join(f"{rt.name}: {rt.not_ready_reason()}" for rt in service.models.values()
+                            if rt.not_ready_reason()) or "loading"
+        return JSONResponse({"error": f"not ready: {reasons}", "ready": False}, status_code=503,
+                            headers={"Retry-After": "1"})
+
+    @r.get("/v2/models/stats", responses=oip_errors(401))
+    async def all_stats(request: Request) -> dict[str, Any]:
+        service = service_of(request)
+        return {"model_stats": [rt.stats.json(rt.name) for rt in service.models.values()]}
+
+    for prefix in (V, VV):
+        def routes(prefix: str = prefix) -> None:  # a closure per prefix, so each route has its path
+            found = oip_errors(401, 404)
+            suffix = "_versioned" if prefix == VV else ""
+
+            @r.get(prefix, name=f"model_metadata{suffix}", responses=found)
+            async def model_metadata(request: Request, name: str,
+                                     version: str | None = None) -> dict[str, Any]:
+                return metadata(_model(request, name, version).meta)
+
+            @r.get(prefix + "/ready", name=f"model_ready{suffix}", responses=oip_errors(401, 404, 503))
+            async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
+                rt = _model(request, name, version)
+                if rt.ready:
+                    return JSONResponse({"name": name, "ready": True})
+                return JSONResponse({"error": f"model {name} is not ready: {rt.not_ready_reason()}",
+                                     "name": name, "ready": False}, status_code=503,
+                                    headers={"Retry-After": "1"})
+
+            @r.get(prefix + "/config", name=f"model_config{suffix}", responses=found)
+            async def model_config(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
+                service = service_of(request)
+                rt = _model(request, name, version)
+                return config(rt.meta, max_batch_tiles=service.settings.max_batch,
+                              max_wait_ms=service.settings.max_wait_ms)
+
+            @r.get(prefix + "/stats", name=f"model_stats{suffix}", responses=found)
+            async def model_stats(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
+                rt = _model(request, name, version)
+                return {"model_stats": [rt.stats.json(rt.name)]}
+
+            @r.post(prefix + "/infer", name=f"model_infer{suffix}", openapi_extra=infer_operation(),
+                    responses=oip_errors(400, 401, 404, 413, 415, 422, 503, 504))
+            async def model_infer(request: Request, name: str, version: str | None = None) -> Response:
+                service = service_of(request)
+                return await _infer(request, service, _model(request, name, version))
+
+        routes()
+
+    public.include_router(r)
+    return public
+
+
+def _params(rt: ModelRuntime, req: InferRequest, max_scales: int) -> InferenceParams:
+    p = req.parameters
+    unknown = sorted(set(p) - PARAMETERS - PROTOCOL_PARAMETERS)
+    if unknown:
+        raise BadRequest(f"unknown request parameters {unknown}; allowed: {sorted(PARAMETERS)}")
+    mode, flip, scales = p.get("mode"), p.get("flip"), p.get("scales")
+    if mode is not None and not isinstance(mode, str):
+        raise BadRequest("parameter 'mode' must be a string")
+    if flip is not None and not isinstance(flip, bool):
+        raise BadRequest("parameter 'flip' must be true or false")
+    if isinstance(scales, list):
+        if not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scales):
+            raise BadRequest("parameter 'scales' must be numbers")
+        scales = ",".join(repr(float(s)) for s in scales)
+    elif scales is not None and not isinstance(scales, str):
+        raise BadRequest("parameter 'scales' must be a list of numbers or a comma-separated string")
+    return resolve(rt.meta.protocol, mode=mode, flip=flip, scales=scales, max_scales=max_scales)
+
+
+def _one_input(req: InferRequest) -> Tensor:
+    names = [t.name for t in req.inputs]
+    if len(req.inputs) != 1 or names[0] not in ("image", "pixels"):
+        raise BadRequest(f"send exactly one input, 'image' (BYTES, encoded files) or 'pixels' (UINT8 "
+                         f"[N, H, W, 3]); got {names}")
+    t = req.inputs[0]
+    if t.name == "image" and (t.datatype != BYTES or len(t.shape) != 1 or t.shape[0] < 1):
+        raise BadRequest(f"input 'image' must be BYTES of shape [N], N >= 1; got {t.datatype} "
+                         f"{list(t.shape)}")
+    if t.name == "pixels" and (t.datatype != "UINT8" or len(t.shape) not in (3, 4) or t.shape[-1] != 3
+                               or 0 in t.shape):
+        raise BadRequest(f"input 'pixels' must be UINT8 of shape [H, W, 3] or [N, H, W, 3]; got {t.datatype} "
+                         f"{list(t.shape)}")
+    for out in req.outputs or ():
+        if out.name != "labels":
+            raise BadRequest(f"unknown output {out.name!r}: this model has one output, 'labels'")
+    return t
+
+
+def _same_size(sizes: list[tuple[int, int]]) -> None:
+    if len(set(sizes)) > 1:
+        listed = ", ".join(f"{w}x{h}" for h, w in sizes)
+        raise BadRequest(f"the images of one request must share one size; got {listed}")
+
+
+async def _infer(request: Request, service: Service, rt: ModelRuntime) -> Response:
+    settings = service.settings
+    request.scope["state"]["model"] = rt.name
+    service.serving(rt)
+    body = await read_body(request, settings.max_body_bytes)
+    req = parse_request(body, request.headers.get(HEADER_LENGTH), max_elements=settings.max_pixels * 3)
+    tensor = _one_input(req)
+    params = _params(rt, req, settings.max_scales)
+    deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
+    rt.batcher.check_room()
+    if tensor.name == "pixels":
+        assert isinstance(tensor.data, np.ndarray)
+        batched = tensor.data.ndim == 4
+        images = tensor.data if batched else tensor.data[None]
+        h, w = images.shape[1:3]
+        if h * w > settings.max_pixels:
+            raise PayloadTooLarge(f"{w}x{h} pixels is over the limit of {settings.max_pixels}")
+        need = len(images) * (rt.chain.peak_bytes_for(h, w, params, "label") or 0)
+        work_input: list[bytes] | np.ndarray = images
+    else:
+        assert isinstance(tensor.data, list)
+        batched = True
+        work_input = tensor.data
+        need = sum(rt.chain.peak_bytes(data, params, "label") or 0 for data in tensor.data)
+    return await run_admitted(request, service, rt, need, lambda: _run(
+        request, service, rt, req, work_input, params, deadline, batched))
+
+
+async def _run(request: Request, service: Service, rt: ModelRuntime, req: InferRequest,
+               work_input: list[bytes] | np.ndarray, params: InferenceParams, deadline: float,
+               batched: bool) -> Response:
+    assert service.executor is not None
+    executor = service.executor
+    loop = asyncio.get_running_loop()
+    timings = Timings()
+    request.scope["state"]["timings"] = timings
+    t0 = loop.time()
+    count = len(work_input)
+    try:
+        async with asyncio.timeout_at(deadline):
+            if isinstance(work_input, list):
+                with timings.stage("decode"):
+                    decoded = await asyncio.gather(*(loop.run_in_executor(
+                        executor, decode, data, None, rt.chain.limits) for data in work_input))
+                rgbs = [d.rgb for d in decoded]
+                _same_size([rgb.shape[:2] for rgb in rgbs])
+            else:
+                rgbs = list(work_input)
+            # every image's tiles at once, so they share batches
+            results = await asyncio.gather(*(rt.chain.labels_batched(
+                np.ascontiguousarray(rgb), params, batcher=rt.batcher, executor=executor, deadline=deadline,
+                timings=timings) for rgb in rgbs))
+    except TimeoutError:
+        service.metrics.on_reject("deadline", rt.name)
+        rt.stats.request(ok=False, images=count, seconds=loop.time() - t0, stages={})
+        raise DeadlineExceeded(f"not finished within {service.settings.request_timeout_s:g} s") from None
+    except Exception:
+        rt.stats.request(ok=False, images=count, seconds=loop.time() - t0, stages={})
+        raise
+    labels = np.stack([lab for lab, _ in results])
+    if not batched:
+        labels = labels[0]
+    dtype = np.uint8 if labels_datatype(rt.meta) == "UINT8" else np.uint16
+    with timings.stage("encode"):
+        body, headers = encode_response(rt.name, VERSION, req.id, [Output("labels", labels.astype(dtype))],
+                                        [req.binary_output("labels")])
+    rt.stats.request(ok=True, images=count, seconds=loop.time() - t0, stages=timings.stages)
+    for stage, seconds in timings.stages.items():
+        service.metrics.stage.labels(stage=stage, model=rt.name).observe(seconds)
+    tiles = sum(n for _, n in results)
+    request.scope["state"]["log_extra"] = {"mode": params.mode, "scales": list(params.scales),
+                                           "flip": params.flip, "tiles": tiles, "images": count}
+    headers["server-timing"] = timings.header()
+    return Response(body, headers=headers)
+

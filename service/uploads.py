@@ -1,0 +1,61 @@
+"""Reading a request's body: bounded, and the image of /v1 as a raw body or multipart field ``image``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.types import Message
+
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+#: multipart framing around the image part may add this much to the body
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused (413) as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def image_bytes(request: Request, max_body_bytes: int) -> tuple[bytes, str | None]:
+    """The upload as bytes and its declared type: multipart field ``image`` or a raw body."""
+    ctype = request.headers.get("content-type")
+    base = (ctype or "").split(";")[0].strip().lower()
+    if base == "multipart/form-data":
+        raw = await read_body(request, max_body_bytes + MULTIPART_OVERHEAD)
+
+        async def replay() -> Message:
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=16)
+        part = form.get("image")
+        if part is None or isinstance(part, str):
+            raise BadRequest("multipart body needs a file field named 'image'")
+        data = await part.read()
+        if len(data) > max_body_bytes:
+            raise PayloadTooLarge(f"image is over the limit of {max_body_bytes} bytes")
+        return data, part.content_type
+    if base and not (base.startswith("image/") or base == "application/octet-stream"):
+        raise UnsupportedMediaType(
+            f"send the image as a raw body with an image/* Content-Type or as multipart field 'image', "
+            f"not {base}")
+    return await read_body(request, max_body_bytes), ctype
+
+
+async def until_disconnect(receive: Callable[[], Awaitable[Message]]) -> None:
+    """Returns when the client hangs up (the body has been read already)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
