@@ -7,9 +7,11 @@ Not used by the service itself.
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import subprocess
 import time
+from typing import Any
 
 import httpx
 
@@ -42,3 +44,14 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], *, seconds: float = 60.0
                 return
         time.sleep(interval)
     raise ServerNotReady(f"{url} not ready after {seconds:g} s")
+
+
+def stop(proc: subprocess.Popen[Any], *, seconds: float = 60.0) -> int:
+    """SIGTERM (a server drains and exits), then SIGKILL after ``seconds``; the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()

@@ -63,7 +63,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from loadtest.localserver import free_port, wait_ready  # noqa: E402
+from loadtest.localserver import free_port, stop, wait_ready  # noqa: E402
 from scripts.bench_report import render  # noqa: E402
 
 PY = sys.executable
@@ -165,13 +165,7 @@ def server(cmd: list[str], ready_path: str, port: int, env: dict[str, str] | Non
         yield proc
     finally:
         t0 = time.monotonic()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
         stray = session_members(proc.pid) if new_session else []
         settle = time.monotonic() + 10  # helpers (multiprocessing's resource tracker) exit just after it
         while stray and time.monotonic() < settle:

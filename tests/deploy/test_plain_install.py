@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from loadtest.localserver import stop
 
 from .helpers import ROOT, free_port, http_get, wait_ready
 
@@ -95,9 +96,4 @@ def test_serves_the_default_model_from_another_folder(venv: Path, tmp_path: Path
             labels = np.asarray(Image.open(io.BytesIO(r.read())))
         assert labels.shape == (120, 160) and labels.max() < 11
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)

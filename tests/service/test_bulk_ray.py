@@ -18,6 +18,7 @@ from service.bulk_inputs import expand_inputs, read_input
 from service.bulk_ray import RayOptions, actor_threads, connect
 from service.cli import main
 from tests.service.api_client import png_bytes
+from tests.service.bulk_files import outputs, tree
 from tests.service.tiny_model import build_tiny_artifact
 
 CORRUPT = b"\x89PNG\r\n\x1a\n" + b"\0" * 40
@@ -36,16 +37,6 @@ def cluster() -> Iterator[None]:
     ray.shutdown()
 
 
-def tree(root: Path, files: dict[str, bytes]) -> Path:
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    return root
-
-
-def outputs(out: Path) -> dict[str, bytes]:
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != "manifest.jsonl"}
 
 
 def manifest(out: Path) -> list[dict[str, Any]]:

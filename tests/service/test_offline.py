@@ -20,6 +20,7 @@ from service.engine import Engine
 from service.offline import read_image
 from service.params import resolve
 from tests.service.api_client import png_bytes
+from tests.service.bulk_files import outputs, tree
 
 
 @pytest.fixture
@@ -100,16 +101,6 @@ def manifest(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
 
 
-def tree(root: Path, files: dict[str, bytes]) -> Path:
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    return root
-
-
-def outputs(out: Path) -> dict[str, bytes]:
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != "manifest.jsonl"}
 
 
 def test_a_folder_is_read_recursively_and_its_layout_mirrored(model: Path, tmp_path: Path) -> None:

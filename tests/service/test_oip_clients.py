@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -19,7 +18,7 @@ import tritonclient.http as triton
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from PIL import Image
 
-from loadtest.localserver import free_port, wait_ready
+from loadtest.localserver import free_port, stop, wait_ready
 from tests.service.api_client import png_bytes
 from tests.service.tiny_model import build_tiny_artifact
 
@@ -41,12 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
         yield f"127.0.0.1:{port}"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, seconds=30)
 
 
 def v1_labels(server: str, model: str) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtest.localserver import free_port, wait_ready
+from loadtest.localserver import free_port, stop, wait_ready
 from tests.service.api_client import png_bytes, serving
 from tests.service.tiny_model import build_tiny_artifact
 
@@ -106,9 +106,4 @@ def test_sighup_reloads_a_running_server(tmp_path: Path) -> None:
                 timeout=30) as r:
             assert r.status == 200
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, seconds=30)
