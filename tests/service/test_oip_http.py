@@ -16,6 +16,7 @@ from PIL import Image
 
 from service.oip_codec import HEADER_LENGTH
 from tests.service.api_client import png_bytes, serving
+from tests.service.tiny_model import build_tiny_artifact
 
 pytestmark = pytest.mark.anyio
 
@@ -159,3 +160,20 @@ async def test_metrics_carry_the_model_label_for_v2(model: Path) -> None:
         text = (await c.get("/metrics")).text
     assert ('pspnet_requests_total{method="POST",model="tiny",route="/v2/models/{name}/infer",status="200"}'
             in text)
+
+
+async def test_labels_are_uint16_beyond_256_classes(tmp_path: Path) -> None:
+    big = build_tiny_artifact(tmp_path / "big.onnx", tile=(16, 16), num_classes=300, name="big")
+    rgb = np.random.default_rng(6).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    doc = {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 16, 16, 3],
+                       "data": rgb.ravel().tolist()}],
+           "outputs": [{"name": "labels", "parameters": {"binary_data": True}}]}
+    async with serving(big) as c:
+        meta = (await c.get("/v2/models/big")).json()
+        resp = await c.post("/v2/models/big/infer", json=doc)
+    assert meta["outputs"][0]["datatype"] == "UINT16"
+    n = int(resp.headers[HEADER_LENGTH])
+    (out,) = json.loads(resp.content[:n])["outputs"]
+    labels = np.frombuffer(resp.content[n:], dtype="<u2").reshape(out["shape"])
+    assert out["datatype"] == "UINT16" and out["shape"] == [1, 16, 16]
+    assert labels.max() < 300 and labels.max() > 255  # ids past uint8 survive the trip
