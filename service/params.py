@@ -116,3 +116,11 @@ def check_query(names: Iterable[str], output: str) -> None:
             raise BadRequest(f"{name!r} does not apply to output={output}, only to output="
                              f"{' or '.join(outputs_taking(name))}; with output={output} the parameters "
                              f"are {', '.join(allowed)}")
+
+
+def check_no_query(names: Iterable[str], path: str) -> None:
+    """A 400 naming the query parameters sent to a route that takes none (``/v1/models``)."""
+    sent = list(dict.fromkeys(names))
+    if sent:
+        listed = ", ".join(repr(n) for n in sent)
+        raise BadRequest(f"unknown query parameter{'s' if len(sent) > 1 else ''} {listed}; {path} takes none")

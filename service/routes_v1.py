@@ -18,7 +18,7 @@ from service.encode import OverlayFormat
 from service.errors import DeadlineExceeded
 from service.openapi import ModelInfo, ModelsResponse, problems, segment_operation
 from service.outputs import FORMATS, OutputOptions, output_format
-from service.params import InferenceParams, check_query, resolve
+from service.params import InferenceParams, check_no_query, check_query, resolve
 from service.runtime import ModelRuntime
 from service.state import Service, service_of
 from service.uploads import image_bytes
@@ -53,15 +53,17 @@ def segment_query(
 def router() -> APIRouter:
     r = APIRouter(tags=["inference"], dependencies=[Depends(require_token)])
 
-    @r.get("/v1/models", response_model=ModelsResponse, responses=problems(401))
+    @r.get("/v1/models", response_model=ModelsResponse, responses=problems(400, 401))
     async def models(request: Request) -> dict[str, Any]:
         """Every model of the repository: classes with colours, tile, protocol defaults, provider,
         readiness; the files that are not served, with the reason."""
+        check_no_query((k for k, _ in request.query_params.multi_items()), "/v1/models")
         return service_of(request).models_listing()
 
-    @r.get("/v1/models/{name}", response_model=ModelInfo, responses=problems(401, 404))
+    @r.get("/v1/models/{name}", response_model=ModelInfo, responses=problems(400, 401, 404))
     async def model(request: Request, name: str) -> dict[str, Any]:
         """One model's entry of /v1/models."""
+        check_no_query((k for k, _ in request.query_params.multi_items()), "/v1/models/{name}")
         service = service_of(request)
         return service.model_info(service.runtime(name))
 

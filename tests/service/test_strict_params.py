@@ -86,3 +86,15 @@ async def test_the_token_is_checked_before_the_parameters(model: Path) -> None:
         known = await c.post("/v1/segment?modee=whole", content=png_bytes(),
                              headers={"content-type": "image/png", "authorization": "Bearer s3cret-token"})
     assert anonymous.status_code == 401 and known.status_code == 400
+
+
+@pytest.mark.anyio
+async def test_the_model_listing_takes_no_parameters(model: Path) -> None:
+    async with serving(model) as c:
+        bad = await c.get("/v1/models?verbose=1")
+        one = await c.get("/v1/models/tiny?x=1&x=2")
+        fine = await c.get("/v1/models")
+    assert bad.status_code == 400 and "'verbose'" in bad.json()["detail"]
+    assert "takes none" in bad.json()["detail"]
+    assert one.status_code == 400 and "'x'" in one.json()["detail"]
+    assert fine.status_code == 200
