@@ -76,7 +76,8 @@ def router() -> APIRouter:
         """Segment one image with the default model: the raw body (Content-Type image/*) or
         multipart field ``image``."""
         service = service_of(request)
-        return await _segment(request, service, service.default_runtime(), q)
+        with service.default_runtime().admitted() as rt:
+            return await _segment(request, service, rt, q)
 
     @r.post("/v1/models/{name}/segment", openapi_extra=segment_operation(), response_class=Response,
             responses=problems(400, 401, 404, 413, 415, 422, 503, 504))
@@ -84,7 +85,8 @@ def router() -> APIRouter:
                            q: Annotated[SegmentQuery, Depends(segment_query)]) -> Response:
         """Segment one image with model ``name``; body and parameters as /v1/segment."""
         service = service_of(request)
-        return await _segment(request, service, service.runtime(name), q)
+        with service.runtime(name).admitted() as rt:
+            return await _segment(request, service, rt, q)
 
     return r
 

@@ -121,7 +121,8 @@ def router(server_version: str) -> APIRouter:
                     responses=oip_errors(400, 401, 404, 413, 415, 422, 503, 504))
             async def model_infer(request: Request, name: str, version: str | None = None) -> Response:
                 service = service_of(request)
-                return await _infer(request, service, _model(request, name, version))
+                with _model(request, name, version).admitted() as rt:
+                    return await _infer(request, service, rt)
 
         routes()
 

@@ -10,8 +10,10 @@ restores it when that succeeds (the app calls it every ``probe_interval_s``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +124,16 @@ class ModelRuntime:
         log.info("model %s: probe batch succeeded, serving again", self.name)
         self.health.succeeded()
         return True
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[ModelRuntime]:
+        """A request on this model, from its first check to its answer: counted, so that a
+        replaced or removed model drains what it accepted before its batcher stops."""
+        self.in_flight += 1
+        try:
+            yield self
+        finally:
+            self.in_flight -= 1
 
     async def stop(self, *, drain: bool = True, grace_s: float = 60.0) -> None:
         """Take nothing new; with ``drain`` wait (at most ``grace_s``) for requests in flight."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -107,3 +109,28 @@ def test_sighup_reloads_a_running_server(tmp_path: Path) -> None:
             assert r.status == 200
     finally:
         stop(proc, seconds=30)
+
+
+@pytest.mark.anyio
+async def test_a_replaced_model_finishes_what_it_accepted(tmp_path: Path,
+                                                           slow_engine: threading.Event) -> None:
+    build_tiny_artifact(tmp_path / "a.onnx", name="alpha", num_classes=5)
+    async with serving(tmp_path, auth_token=TOKEN, warmup=False) as c:
+        old = c._transport.app.state.service.models["alpha"]  # type: ignore[attr-defined]
+        held = asyncio.create_task(c.post("/v1/models/alpha/segment?mode=whole&output=json",
+                                          content=png_bytes(), headers=PNG))
+        while old.in_flight == 0:  # accepted, its tile held at the (gated) engine
+            await asyncio.sleep(0.01)
+        time.sleep(0.01)
+        build_tiny_artifact(tmp_path / "a.onnx", name="alpha", num_classes=4)
+        reload_task = asyncio.create_task(_reload(c))  # warms the new version on the gated engine too
+        await asyncio.sleep(0.2)
+        slow_engine.set()
+        report = (await reload_task).json()
+        answer = await held
+        info = (await c.get("/v1/models/alpha", headers=AUTH)).json()
+    assert report["loaded"] == ["alpha"]
+    assert answer.status_code == 200 and answer.json()["model"] == "alpha"
+    assert old.stats.inference_count == 1  # the version that accepted it answered it ...
+    assert len(info["classes"]) == 4  # ... while the new version serves from now on
+    assert not old.accepting and old.in_flight == 0
