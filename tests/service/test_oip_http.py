@@ -177,3 +177,26 @@ async def test_labels_are_uint16_beyond_256_classes(tmp_path: Path) -> None:
     labels = np.frombuffer(resp.content[n:], dtype="<u2").reshape(out["shape"])
     assert out["datatype"] == "UINT16" and out["shape"] == [1, 16, 16]
     assert labels.max() < 300 and labels.max() > 255  # ids past uint8 survive the trip
+
+
+async def test_hostile_files_get_v1s_statuses_through_v2(model: Path) -> None:
+    """Every upload of test_hostile_http.py as a BYTES input: the same status as on /v1 (the same
+    decoder and limits), the protocol's error shape, and labels of the oriented image's size."""
+    from tests.service.test_hostile_http import bomb_uploads, broken_uploads, odd_but_valid_uploads
+
+    uploads = {k: u for k, u in (bomb_uploads() | broken_uploads() | odd_but_valid_uploads()).items()
+               if not u.multipart}
+    wrong = []
+    async with serving(model) as c:
+        for name, up in uploads.items():
+            body, headers = _binary_bytes_request([up.body], mode="whole")
+            r = await c.post("/v2/models/tiny/infer", content=body, headers=headers)
+            if r.status_code != up.status:
+                wrong.append(f"{name}: {r.status_code} instead of {up.status}: {r.text[:200]}")
+            elif up.status != 200 and set(r.json()) != {"error"}:
+                wrong.append(f"{name}: not the protocol's error shape: {r.text[:200]}")
+            elif up.status == 200 and up.size is not None:
+                _, labels = _binary_labels(r)
+                if labels.shape != (1, up.size[1], up.size[0]):
+                    wrong.append(f"{name}: labels {labels.shape} for an image of {up.size}")
+    assert len(uploads) > 40 and not wrong, "\n".join(wrong)
