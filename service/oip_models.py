@@ -14,7 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from service.artifact import ArtifactMeta, label_dtype
+from service.oip_codec import datatype_of
 
 VERSION = "1"
 PLATFORM = "pspnet_onnx"
@@ -22,7 +25,8 @@ _TRITON_TYPES = {"BYTES": "TYPE_STRING", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_
 
 
 def labels_datatype(meta: ArtifactMeta) -> str:
-    return "UINT8" if label_dtype(meta.num_classes).__name__ == "uint8" else "UINT16"
+    """UINT8, or UINT16 beyond 256 classes: the one label rule (service.artifact.label_dtype)."""
+    return datatype_of(np.dtype(label_dtype(meta.num_classes)))
 
 
 def _tensors(meta: ArtifactMeta) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -33,7 +33,7 @@ from service.oip_codec import (
     encode_response,
     parse_request,
 )
-from service.oip_models import VERSION, config, labels_datatype, metadata
+from service.oip_models import VERSION, config, metadata
 from service.openapi import infer_operation, oip_errors
 from service.params import InferenceParams, resolve
 from service.runtime import ModelRuntime
@@ -236,9 +236,9 @@ async def _run(request: Request, service: Service, rt: ModelRuntime, req: InferR
     labels = np.stack([lab for lab, _ in results])
     if not batched:
         labels = labels[0]
-    dtype = np.uint8 if labels_datatype(rt.meta) == "UINT8" else np.uint16
+    # the chain's label maps are already of the one label dtype (service.artifact.label_dtype)
     with timings.stage("encode"):
-        body, headers = encode_response(rt.name, VERSION, req.id, [Output("labels", labels.astype(dtype))],
+        body, headers = encode_response(rt.name, VERSION, req.id, [Output("labels", labels)],
                                         [req.binary_output("labels")])
     rt.stats.request(ok=True, images=count, seconds=loop.time() - t0, stages=timings.stages)
     for stage, seconds in timings.stages.items():
