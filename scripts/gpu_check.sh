@@ -15,8 +15,12 @@
 # and only from them, what is missing (onnxruntime-gpu always), checks that a session really starts
 # on CUDA, runs the `gpu` tests (tests/service/test_cuda_real.py, PSPNET_GPU_TESTS=1), and times
 # batches 1..16 (raw ORT, and the service's engine with IO binding fetching logits or labels only)
-# and 1, 2 and 4 sessions, writing results.md, raw.json and tests.log into $PSPNET_GPU_RESULTS
-# (default benchmarks/gpu). Any failure stops it with a message and a non-zero status. Some minutes.
+# and 1, 2 and 4 sessions, then serves it over HTTP on CUDA under `pspnet-serve bench` (whole at
+# concurrency 1 and 8, slide, multiscale; the image: $PSPNET_GPU_IMAGE, default a test fixture),
+# writing results.md, raw.json, served.json and tests.log into $PSPNET_GPU_RESULTS
+# (default benchmarks/gpu). A failing gpu test does not stop the sweep (its figures are what a
+# failing bound must be judged against); the script still ends non-zero. Any other failure stops it
+# with a message and a non-zero status. Some minutes.
 set -euo pipefail
 
 die() {
@@ -31,7 +35,7 @@ VENV=${PSPNET_GPU_VENV:-/tmp/pspnet-gpu-venv}
 RESULTS=${PSPNET_GPU_RESULTS:-$ROOT/benchmarks/gpu}
 case $VENV in /*) ;; *) VENV=$PWD/$VENV ;; esac  # relative to where it was called from
 case $RESULTS in /*) ;; *) RESULTS=$PWD/$RESULTS ;; esac
-PYTHON=${PYTHON:-python3}
+PYTHON=$(command -v "${PYTHON:-python3}") || die "no ${PYTHON:-python3} on PATH"  # pip --python wants a path
 cd "$ROOT"
 
 echo "== GPU"
@@ -50,14 +54,16 @@ PY="$VENV/bin/python"
 # file does what --system-site-packages cannot when $PYTHON is itself a venv's interpreter.
 "$PYTHON" -c 'import sys; print("\n".join(p for p in sys.path if p.endswith("-packages")))' \
     >"$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pspnet_base_site.pth"
-# Names from pyproject.toml (extras dropped: uvicorn's [standard] is not needed here) + the gpu extra.
+# Names from pyproject.toml (extras dropped: uvicorn's [standard] is not needed here) + the gpu and
+# bench extras (the load generator of the last stage).
 mapfile -t REQUIREMENTS < <("$PY" - <<'EOF'
 import re
 import tomllib
 
 with open("pyproject.toml", "rb") as f:
     project = tomllib.load(f)["project"]
-for req in [*project["dependencies"], *project["optional-dependencies"]["gpu"], "pytest"]:
+for req in [*project["dependencies"], *project["optional-dependencies"]["gpu"],
+            *project["optional-dependencies"]["bench"], "pytest"]:
     print(re.sub(r"\[[^]]*\]", "", req))
 EOF
 )
@@ -101,8 +107,9 @@ mkdir -p "$RESULTS"
 echo "== gpu tests (log: $RESULTS/tests.log)"
 junit=$(mktemp)
 PSPNET_GPU_TESTS=1 "$PY" -m pytest -m gpu -p no:cacheprovider -rA -s --junitxml "$junit" \
-    tests/service/test_cuda_real.py 2>&1 | tee "$RESULTS/tests.log"
-"$PY" - "$junit" <<'EOF'
+    tests/service/test_cuda_real.py 2>&1 | tee "$RESULTS/tests.log" || true
+tests_ok=1
+"$PY" - "$junit" <<'EOF' || tests_ok=0
 import sys
 import xml.etree.ElementTree as ET
 
@@ -201,7 +208,7 @@ for sessions in (1, 2, 4):
         print(f"{sessions} session(s), batch 8, {output}: {tps:.1f} tiles/s")
     del eng
 
-# CUDA against CPU on the synthetic tiles: the measurement LOGITS_ATOL should come from
+# CUDA against CPU on the synthetic tiles: the measurement LOGITS_ATOL comes from
 cpu = Engine(model, provider="cpu", max_batch=4)
 tiles = synthetic_tiles(engine.tile)
 want = cpu.run_outputs(tiles, ("logits", "labels"))
@@ -249,8 +256,57 @@ lines += ["", "## CUDA vs CPU", "",
           f"Four synthetic tiles (tests/service/test_cuda_real.py): max |logits diff| {a['max_abs_logits_diff']:.3g} "
           f"(mean {a['mean_abs_logits_diff']:.3g}; largest |logit| {a['max_abs_logits']:.3g}); labels differ at "
           f"{a['differ']} of {a['pixels']} pixels, where the CPU's top-two margin is at most "
-          f"{a['max_margin_where_differ']:.3g}. The test's LOGITS_ATOL should be set from this.", ""]
+          f"{a['max_margin_where_differ']:.3g}. The bound of tests/service/test_cuda_real.py (LOGITS_ATOL) comes from this.", ""]
 (results / "results.md").write_text("\n".join(lines))
 print(f"wrote {results / 'results.md'} and {results / 'raw.json'}")
 EOF
+echo "== served over HTTP: the whole service on CUDA, under load"
+"$PY" - "$RESULTS" "${PSPNET_GPU_IMAGE:-tests/fixtures/reference/semseg_protocol/image.png}" <<'EOF'
+"""pspnet-serve on CUDA and `pspnet-serve bench` against it: what a request costs end to end."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from loadtest.localserver import free_port, stop, wait_ready
+
+results, image = Path(sys.argv[1]), sys.argv[2]
+port = free_port()
+url = f"http://127.0.0.1:{port}"
+server = subprocess.Popen([sys.executable, "-m", "service.cli", "--port", str(port)],
+                          env={**os.environ, "PSPNET_PROVIDER": "cuda"})
+runs = []
+try:
+    wait_ready(f"{url}/readyz", server, seconds=300)
+    ready = httpx.get(f"{url}/readyz").json()
+    if ready["provider"] != "CUDAExecutionProvider":
+        sys.exit(f"the server did not start on CUDA: {ready}")
+    for mode, concurrency in (("whole", 1), ("whole", 8), ("slide", 8), ("multiscale", 8)):
+        out = results / "served_run.json"
+        subprocess.run([sys.executable, "-m", "service.cli", "bench", "--url", url, "--image", image,
+                        "--concurrency", str(concurrency), "--duration", "10", "--mode", mode, "--multipart",
+                        "--server-pid", str(server.pid), "--json", str(out)], check=True)
+        runs.append({"mode": mode, "concurrency": concurrency, **json.loads(out.read_text())})
+        out.unlink()
+finally:
+    stop(server)
+(results / "served.json").write_text(json.dumps({"image": image, "readyz": ready, "runs": runs}, indent=1) + "\n")
+lines = ["", "## Served over HTTP", "",
+         f"`pspnet-serve` with PSPNET_PROVIDER=cuda, `pspnet-serve bench` on the same machine, {image} as a",
+         "multipart upload, colour PNG back, 10 s closed loop each (raw numbers: served.json).", "",
+         "| mode | concurrency | req/s | tiles/s | p50 ms | p99 ms | errors | server stages, mean ms |",
+         "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+for r in runs:
+    lat, stages = r["latency_ms"], r.get("server_stage_mean_ms") or {}
+    lines.append(f"| {r['mode']} | {r['concurrency']} | {r['throughput_rps']} | {r['tiles_per_s']} | "
+                 f"{lat.get('p50')} | {lat.get('p99')} | {', '.join(f'{k}: {v}' for k, v in r['errors'].items()) or '-'} | "
+                 + ", ".join(f"{k} {v}" for k, v in stages.items()) + " |")
+with open(results / "results.md", "a") as f:
+    f.write("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF
+[ "$tests_ok" = 1 ] || die "the gpu tests did not all pass (above, and $RESULTS/tests.log); the sweep ran"
 echo "gpu_check: OK"
