@@ -1,15 +1,18 @@
 """Running one request's work on a model: its memory reserved, abandoned when the client hangs up
-(its queued tiles are dropped before they run). The caller counts it in flight
-(:meth:`service.runtime.ModelRuntime.admitted`)."""
+(its queued tiles are dropped before they run), and accounted for (its stages, statistics and
+deadline). The caller counts it in flight (:meth:`service.runtime.ModelRuntime.admitted`)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.chain import Timings
+from service.errors import DeadlineExceeded
 from service.runtime import ModelRuntime
 from service.state import Service
 from service.uploads import until_disconnect
@@ -33,3 +36,32 @@ async def run_admitted(request: Request, service: Service, rt: ModelRuntime, nee
         job.cancel()
     service.metrics.on_reject("client_gone", rt.name)
     return Response(status_code=CLIENT_CLOSED)
+
+
+@contextlib.asynccontextmanager
+async def accounted(request: Request, service: Service, rt: ModelRuntime, *,
+                    images: int) -> AsyncIterator[Timings]:
+    """One inference request's bookkeeping, the same for every protocol.
+
+    Yields the request's :class:`Timings` (also put where the access line and the trace read
+    them). A ``TimeoutError`` out of the body (``asyncio.timeout_at(deadline)`` there) becomes a
+    504 counted under reason ``deadline``; any failure counts the request as failed in the
+    model's statistics; success records it with its stages, and each stage's duration in the
+    stage histogram.
+    """
+    loop = asyncio.get_running_loop()
+    timings = Timings()
+    request.scope["state"]["timings"] = timings
+    t0 = loop.time()
+    try:
+        yield timings
+    except TimeoutError:
+        service.metrics.on_reject("deadline", rt.name)
+        rt.stats.request(ok=False, images=images, seconds=loop.time() - t0, stages={})
+        raise DeadlineExceeded(f"not finished within {service.settings.request_timeout_s:g} s") from None
+    except Exception:  # not a cancellation: a client that left is counted by run_admitted
+        rt.stats.request(ok=False, images=images, seconds=loop.time() - t0, stages={})
+        raise
+    rt.stats.request(ok=True, images=images, seconds=loop.time() - t0, stages=timings.stages)
+    for stage, seconds in timings.stages.items():
+        service.metrics.stage.labels(stage=stage, model=rt.name).observe(seconds)

@@ -10,12 +10,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from service.admission import run_admitted
+from service.admission import accounted, run_admitted
 from service.artifact import Mode
 from service.auth import require_token
-from service.chain import Timings
 from service.encode import OverlayFormat
-from service.errors import DeadlineExceeded
 from service.openapi import ModelInfo, ModelsResponse, problems, segment_operation
 from service.outputs import FORMATS, OutputOptions, output_format
 from service.params import InferenceParams, check_no_query, check_query, resolve
@@ -114,25 +112,10 @@ async def _segment(request: Request, service: Service, rt: ModelRuntime, q: Segm
 async def _run(request: Request, service: Service, rt: ModelRuntime, data: bytes, ctype: str | None,
                params: InferenceParams, output: str, options: OutputOptions, deadline: float) -> Response:
     assert service.executor is not None
-    metrics = service.metrics
-    timings = Timings()
-    request.scope["state"]["timings"] = timings  # the access line and the trace read the stages
-    t0 = asyncio.get_running_loop().time()
-    try:
-        async with asyncio.timeout_at(deadline):
-            result = await rt.chain.segment_batched(
-                data, params, output, options, batcher=rt.batcher, executor=service.executor,
-                deadline=deadline, content_type=ctype, timings=timings)
-    except TimeoutError:
-        metrics.on_reject("deadline", rt.name)
-        rt.stats.request(ok=False, images=1, seconds=asyncio.get_running_loop().time() - t0, stages={})
-        raise DeadlineExceeded(f"not finished within {service.settings.request_timeout_s:g} s") from None
-    except Exception:
-        rt.stats.request(ok=False, images=1, seconds=asyncio.get_running_loop().time() - t0, stages={})
-        raise
-    rt.stats.request(ok=True, images=1, seconds=asyncio.get_running_loop().time() - t0, stages=timings.stages)
-    for stage, seconds in timings.stages.items():
-        metrics.stage.labels(stage=stage, model=rt.name).observe(seconds)
+    async with accounted(request, service, rt, images=1) as timings, asyncio.timeout_at(deadline):
+        result = await rt.chain.segment_batched(
+            data, params, output, options, batcher=rt.batcher, executor=service.executor,
+            deadline=deadline, content_type=ctype, timings=timings)
     labels = result.labels
     request.scope["state"]["log_extra"] = {
         "mode": params.mode, "scales": list(params.scales), "flip": params.flip, "tiles": result.tiles,

@@ -20,10 +20,10 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.admission import run_admitted
+from service.admission import accounted, run_admitted
 from service.auth import require_token
-from service.chain import Timings, decode
-from service.errors import BadRequest, DeadlineExceeded, NotFound, PayloadTooLarge
+from service.chain import decode
+from service.errors import BadRequest, NotFound, PayloadTooLarge
 from service.oip_codec import (
     BYTES,
     HEADER_LENGTH,
@@ -208,11 +208,8 @@ async def _run(request: Request, service: Service, rt: ModelRuntime, req: InferR
     assert service.executor is not None
     executor = service.executor
     loop = asyncio.get_running_loop()
-    timings = Timings()
-    request.scope["state"]["timings"] = timings
-    t0 = loop.time()
     count = len(work_input)
-    try:
+    async with accounted(request, service, rt, images=count) as timings:
         async with asyncio.timeout_at(deadline):
             if isinstance(work_input, list):
                 with timings.stage("decode"):
@@ -226,23 +223,13 @@ async def _run(request: Request, service: Service, rt: ModelRuntime, req: InferR
             results = await asyncio.gather(*(rt.chain.labels_batched(
                 np.ascontiguousarray(rgb), params, batcher=rt.batcher, executor=executor, deadline=deadline,
                 timings=timings) for rgb in rgbs))
-    except TimeoutError:
-        service.metrics.on_reject("deadline", rt.name)
-        rt.stats.request(ok=False, images=count, seconds=loop.time() - t0, stages={})
-        raise DeadlineExceeded(f"not finished within {service.settings.request_timeout_s:g} s") from None
-    except Exception:
-        rt.stats.request(ok=False, images=count, seconds=loop.time() - t0, stages={})
-        raise
-    labels = np.stack([lab for lab, _ in results])
-    if not batched:
-        labels = labels[0]
-    # the chain's label maps are already of the one label dtype (service.artifact.label_dtype)
-    with timings.stage("encode"):
-        body, headers = encode_response(rt.name, VERSION, req.id, [Output("labels", labels)],
-                                        [req.binary_output("labels")])
-    rt.stats.request(ok=True, images=count, seconds=loop.time() - t0, stages=timings.stages)
-    for stage, seconds in timings.stages.items():
-        service.metrics.stage.labels(stage=stage, model=rt.name).observe(seconds)
+        labels = np.stack([lab for lab, _ in results])
+        if not batched:
+            labels = labels[0]
+        # the chain's label maps are already of the one label dtype (service.artifact.label_dtype)
+        with timings.stage("encode"):
+            body, headers = encode_response(rt.name, VERSION, req.id, [Output("labels", labels)],
+                                            [req.binary_output("labels")])
     tiles = sum(n for _, n in results)
     request.scope["state"]["log_extra"] = {"mode": params.mode, "scales": list(params.scales),
                                            "flip": params.flip, "tiles": tiles, "images": count}
