@@ -495,13 +495,16 @@ def main(argv: list[str] | None = None) -> int:
     log(f"server logs in {logs}")
     env = dict(kv.split("=", 1) for kv in args.env)
     previous = out / "results.json"
-    results: dict[str, Any] = {"machine": machine(), "model": args.model.name, "image": args.image.name,
+    this_machine = machine()
+    results: dict[str, Any] = {"machine": this_machine, "model": args.model.name, "image": args.image.name,
                                "duration_s": args.duration, "service_env": env, "repeats": args.repeats,
                                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     if args.merge and previous.exists():  # the earlier run's description stands; its parts are updated
         results |= json.loads(previous.read_text())
         results.setdefault("merged", []).append(time.strftime("%Y-%m-%d %H:%M:%S %Z"))
-    log(f"machine: {results['machine']['cpu']}, load {loadavg()}")
+        # the machine of each merge, in the same order: the host and the code can differ between runs
+        results.setdefault("merged_machines", []).append(this_machine)
+    log(f"machine: {this_machine['cpu']}, load {loadavg()}")
     load = ["--mode", "whole", "--output", "color", "--duration", str(args.duration)]
 
     if "ort" in run:

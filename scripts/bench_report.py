@@ -209,6 +209,14 @@ def codecs_section(r: dict[str, Any]) -> list[str]:
             _table(["output", "size", "encoder", "ms", "vs paletted PNG", "KiB"], enc), ""]
 
 
+def _machines(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(when, machine) of the first run and of each merged run that recorded its machine (the latest
+    merges: earlier ones kept none)."""
+    merged_at, machines = r.get("merged", []), r.get("merged_machines", [])
+    pairs = zip(merged_at[len(merged_at) - len(machines):], machines, strict=True)
+    return [(f"first {r['started']}", r["machine"]), *((f"merged {at}", m) for at, m in pairs)]
+
+
 def markdown(r: dict[str, Any], out: Path) -> str:
     m = r["machine"]
     parts = [f"# Benchmark results ({r['started']} - {r.get('finished', '?')})", "",
@@ -216,9 +224,12 @@ def markdown(r: dict[str, Any], out: Path) -> str:
              f"settings {r['service_env'] or 'defaults'}. Load average at start {m['loadavg_at_start']}, "
              f"at end {r.get('loadavg_at_end')}: a shared, noisy 2-core machine."
              + (f" Parts re-run and merged in at {', '.join(r['merged'])}." if r.get("merged") else ""), "",
-             _table(["cpu", "mem", "python", "onnxruntime", "torch", "numpy", "opencv", "fastapi", "commit"],
-                    [[m["cpu"].get("Model name"), f"{m['mem_gib']} GiB", m["python"], m["onnxruntime"],
-                      m["torch"], m["numpy"], m["opencv"], m["fastapi"], m["git_commit"]]]), "",
+             _table(["run", "cpu", "mem", "python", "onnxruntime", "torch", "numpy", "opencv", "fastapi",
+                     "commit"],
+                    [[when, mm["cpu"].get("Model name"), f"{mm['mem_gib']} GiB", mm["python"],
+                      mm["onnxruntime"], mm["torch"], mm["numpy"], mm["opencv"], mm["fastapi"],
+                      mm["git_commit"]]
+                     for when, mm in _machines(r)]), "",
              "## Targets", "",
              _table(["target", "measured", "ratio", "met"],
                     [[t, v, ratio, "yes" if ok else "NO"] for t, v, ratio, ok in targets(r)]), ""]
