@@ -14,7 +14,8 @@
 # (default python3, 3.11 or newer) that also sees that Python's packages, installs from the wheels,
 # and only from them, what is missing (onnxruntime-gpu always), checks that a session really starts
 # on CUDA, runs the `gpu` tests (tests/service/test_cuda_real.py, PSPNET_GPU_TESTS=1), and times
-# batches 1..16 (raw ORT, and the service's engine with IO binding fetching logits or labels only)
+# batches 1..16 (raw ORT, and the service's engine with IO binding fetching logits or labels only),
+# logits into a fresh against a reused host buffer (batches 4, 5, 8, 16),
 # and 1, 2 and 4 sessions, then serves it over HTTP on CUDA under `pspnet-serve bench` (whole at
 # concurrency 1 and 8, slide, multiscale; the image: $PSPNET_GPU_IMAGE, default a test fixture),
 # writing results.md, raw.json, served.json and tests.log into $PSPNET_GPU_RESULTS
@@ -182,6 +183,29 @@ for n in SIZES:
                      "bytes_down": down})
         print(f"{name:15s} batch {n:2d}: {r['median_ms']:7.2f} ms  {n * 1000 / r['median_ms']:8.1f} tiles/s")
 
+# Why the engine's logits fetch falls behind a plain run from batch 5 (2026-11-30, H200): the
+# suspect is its fresh host buffer per call, which above glibc's 32 MB mmap threshold is new memory
+# to fault in. The same IO binding into a fresh buffer, and into one buffer reused, separates the two.
+fresh_vs_reused = []
+binding = raw.io_binding()
+for n in (4, 5, 8, 16):
+    x = rng.uniform(0, 255, (n, 3, h, w)).astype(np.float32)
+    kept = np.empty((n, classes, h, w), dtype=np.float32)
+    kept.fill(0)  # faulted in once, before timing
+
+    def bound(buf_of, x=x):
+        buf = buf_of()
+        binding.bind_cpu_input("image", x)
+        binding.clear_binding_outputs()
+        binding.bind_output("logits", "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
+        raw.run_with_iobinding(binding)
+
+    for name, buf_of in (("iobinding_fresh_buffer", lambda n=n: np.empty((n, classes, h, w), np.float32)),
+                         ("iobinding_reused_buffer", lambda kept=kept: kept)):
+        r = timed(lambda buf_of=buf_of: bound(buf_of))
+        fresh_vs_reused.append({"config": name, "batch": n, **r, "mb_down": n * classes * h * w * 4 / 1e6})
+        print(f"{name:24s} batch {n:2d}: {r['median_ms']:7.2f} ms")
+
 # several sessions side by side, every one busy: one thread per runner, 2 s each
 layouts = []
 for sessions in (1, 2, 4):
@@ -225,6 +249,7 @@ env = {"gpu": gpu, "onnxruntime": ort.__version__, "cuda_build": getattr(build_i
        "model": DEFAULT_MODEL.name, "tile": [h, w], "classes": classes,
        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 (results / "raw.json").write_text(json.dumps({"env": env, "batches": rows, "sessions": layouts,
+                                              "fresh_vs_reused": fresh_vs_reused,
                                               "cuda_vs_cpu": accuracy}, indent=1) + "\n")
 
 by = {(r["config"], r["batch"]): r for r in rows}
@@ -246,6 +271,13 @@ for n in SIZES:
     lines.append(f"| {n} | {a['median_ms']:.2f} | {a['tiles_per_s']:.0f} | {b['median_ms']:.2f} | "
                  f"{b['tiles_per_s']:.0f} | {c['median_ms']:.2f} | {c['tiles_per_s']:.0f} | "
                  f"{b['bytes_down'] / 1e6:.1f} / {c['bytes_down'] / 1e6:.2f} |")
+lines += ["", "Logits through IO binding into a fresh host buffer per call (what the engine does) and into",
+          "one buffer reused (faulted in once): the cost of new memory per call.", "",
+          "| batch | MB down | fresh buffer ms | reused buffer ms |", "| ---: | ---: | ---: | ---: |"]
+for n in sorted({r["batch"] for r in fresh_vs_reused}):
+    f, u = (next(r for r in fresh_vs_reused if r["batch"] == n and r["config"] == c)
+            for c in ("iobinding_fresh_buffer", "iobinding_reused_buffer"))
+    lines.append(f"| {n} | {f['mb_down']:.1f} | {f['median_ms']:.2f} | {u['median_ms']:.2f} |")
 lines += ["", "Sessions side by side (`Engine(sessions=S)`, one thread per session, batch 8, 2 s):", "",
           "| sessions | logits tiles/s | labels tiles/s |", "| ---: | ---: | ---: |"]
 for s in (1, 2, 4):
