@@ -53,6 +53,7 @@ class LoadSpec:
     max_inflight: int = 256  # open loop only
     seed: int = 0
     multipart: bool = False  # send the image as multipart field "image" instead of a raw body
+    headers: Mapping[str, str] = field(default_factory=dict)  # more request headers (raw body only)
 
     def __post_init__(self) -> None:
         if (self.concurrency is None) == (self.rate is None):
@@ -137,7 +138,8 @@ class _Sender:
                                            files={"image": ("image", spec.body, spec.content_type)})
             else:
                 r = await self.client.post(spec.path, content=spec.body, params=dict(spec.params),
-                                           headers={"content-type": spec.content_type}, timeout=spec.timeout)
+                                           headers={"content-type": spec.content_type, **spec.headers},
+                                           timeout=spec.timeout)
             # the body is read by post(); its bytes are dropped at once
             status = r.status_code
             raw_tiles = r.headers.get("x-pspnet-tiles")

@@ -31,47 +31,37 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loadtest.localserver import free_port, wait_ready  # noqa: E402
+from loadtest.loadgen import LoadSpec, run_closed  # noqa: E402
+from loadtest.localserver import free_port, stop, wait_ready  # noqa: E402
 from service.oip_codec import HEADER_LENGTH  # noqa: E402
 from service.settings import DEFAULT_MODEL  # noqa: E402
 
 
 def v2_body(png: bytes) -> tuple[bytes, dict[str, str]]:
+    """The PNG as a BYTES input in the binary tensor extension; the body and its extra header."""
     raw = len(png).to_bytes(4, "little") + png
     head = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
                                    "parameters": {"binary_data_size": len(raw)}}],
                        "outputs": [{"name": "labels", "parameters": {"binary_data": True}}],
                        "parameters": {"mode": "whole"}}).encode()
-    return head + raw, {HEADER_LENGTH: str(len(head)), "content-type": "application/octet-stream"}
+    return head + raw, {HEADER_LENGTH: str(len(head))}
 
 
 async def closed_loop(client: httpx.AsyncClient, kind: str, png: bytes, model: str, concurrency: int,
                       seconds: float) -> dict[str, Any]:
     if kind == "v1":
-        url, body, headers = "/v1/segment?mode=whole&output=label", png, {"content-type": "image/png"}
+        spec = LoadSpec(path="/v1/segment", body=png, content_type="image/png",
+                        params={"mode": "whole", "output": "label"}, duration=seconds,
+                        concurrency=concurrency)
     else:
         body, headers = v2_body(png)
-        url = f"/v2/models/{model}/infer"
-    latencies: list[float] = []
-    errors = 0
-    end = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        nonlocal errors
-        while time.perf_counter() < end:
-            t0 = time.perf_counter()
-            r = await client.post(url, content=body, headers=headers)
-            if r.status_code != 200:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - t0)
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - t0
-    latencies.sort()
-    return {"kind": kind, "concurrency": concurrency, "requests": len(latencies), "errors": errors,
-            "req_per_s": len(latencies) / wall, "p50_ms": 1000 * statistics.median(latencies),
+        spec = LoadSpec(path=f"/v2/models/{model}/infer", body=body, content_type="application/octet-stream",
+                        params={}, headers=headers, duration=seconds, concurrency=concurrency)
+    samples, wall = await run_closed(client, spec)
+    latencies = sorted(s.latency for s in samples if s.ok)
+    return {"kind": kind, "concurrency": concurrency, "requests": len(latencies),
+            "errors": len(samples) - len(latencies), "req_per_s": len(latencies) / wall,
+            "p50_ms": 1000 * statistics.median(latencies),
             "p90_ms": 1000 * latencies[int(0.9 * (len(latencies) - 1))]}
 
 
@@ -128,8 +118,7 @@ def main() -> int:
         model = httpx.get(base + "/v1/models").json()["models"][0]["name"]
         rows = asyncio.run(measure(base, png, model, args.rounds, args.seconds))
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop(proc)
     summary = summarise(rows)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import importlib.util
 import io
 import json
@@ -48,6 +47,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from model.cli import main as model_cli  # noqa: E402
+from model.convert import file_sha256  # noqa: E402
 from service.artifact import INPUT_NAME, OUTPUT_NAME, read_meta, read_outputs  # noqa: E402
 from service.cli import main as serve_cli  # noqa: E402
 from service.engine import session_options  # noqa: E402
@@ -74,11 +74,7 @@ def shown(path: Path) -> str:
 
 
 def file_info(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"path": shown(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"path": shown(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def _load_script(name: str) -> Any:

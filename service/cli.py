@@ -61,16 +61,12 @@ def serve(argv: list[str]) -> int:
     try:
         # fail before binding a port: a missing or corrupt model (or a repository with nothing
         # servable, two artifacts of one name, an unknown default) is a clear one-line error;
-        # unusable files of a directory are logged and skipped
-        entries = scan(settings.model)
-        default_model(entries, settings.default_model)
+        # unusable files of a directory are skipped, and logged once, by the app's first load
+        default_model(scan(settings.model), settings.default_model)
     except RepositoryError as e:
         # logged, not printed: in json mode this line, too, is one a log pipeline can read
         logging.getLogger("pspnet.cli").error("cannot serve %s: %s", settings.model, e)
         return 2
-    for entry in entries:
-        if not entry.available:
-            logging.getLogger("pspnet.cli").warning("not serving %s: %s", entry.path.name, entry.error)
     import uvicorn
 
     from service.app import create_app

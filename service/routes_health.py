@@ -36,9 +36,8 @@ def router() -> APIRouter:
         service = service_of(request)
         body = service.readiness()
         if not body["ready"]:
-            reasons = "; ".join(f"{m['name']}: {m['reason']}" for m in body["models"] if m["reason"])
-            return problem_response(NotReady(f"not ready: {reasons or 'loading'}", retry_after=1), request,
-                                    **body)
+            return problem_response(NotReady(f"not ready: {service.not_ready_detail()}", retry_after=1),
+                                    request, **body)
         return JSONResponse(body)
 
     @r.get("/metrics", response_class=Response,

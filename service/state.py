@@ -76,6 +76,12 @@ class Service:
     def live(self) -> bool:
         return not self.models or not all(rt.health.failing for rt in self.models.values())
 
+    def not_ready_detail(self) -> str:
+        """Why the service is not ready: each model's reason, or "loading" before any model is."""
+        reasons = "; ".join(f"{rt.name}: {reason}" for rt in self.models.values()
+                            if (reason := rt.not_ready_reason()) is not None)
+        return reasons or "loading"
+
     def readiness(self) -> dict[str, Any]:
         """The body of /readyz: overall, the default model's fields (as before the repository),
         and every model's state."""

@@ -137,6 +137,24 @@ async def test_open_loop_bounds_outstanding_requests() -> None:
 
 
 @pytest.mark.anyio
+async def test_extra_headers_are_sent_with_the_content_type() -> None:
+    seen: list[tuple[str | None, str | None]] = []
+
+    async def infer(request: Request) -> Response:
+        h = request.headers
+        seen.append((h.get("content-type"), h.get("inference-header-content-length")))
+        return Response(b"ok")
+
+    app = Starlette(routes=[Route("/v1/segment", infer, methods=["POST"])])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        samples, _ = await run_load(client, _spec(concurrency=1, duration=30.0, max_requests=2,
+                                                  headers={"Inference-Header-Content-Length": "12"}))
+    assert [s.ok for s in samples] == [True, True]
+    assert seen == [("image/png", "12")] * 2
+
+
+@pytest.mark.anyio
 async def test_closed_loop_against_the_app_reports_the_servers_batches(tmp_path: Path) -> None:
     model = build_tiny_artifact(tmp_path / "tiny.onnx")
     async with serving(model, max_batch=4, max_wait_ms=5) as client:
