@@ -19,6 +19,7 @@ from model.datasets import dataset_info
 from model.pspnet import PSPNetConfig
 from model.quantize import without_labels
 from service.artifact import ArtifactMeta, read_meta, read_outputs
+from tests.bounds import within
 from tests.model.tiny import TinyArtifact, build_tiny
 from tests.service.tiny_model import build_tiny_artifact
 
@@ -74,7 +75,7 @@ def test_onnx_runtime_matches_pytorch(tiny_artifact: TinyArtifact, batch: int) -
     with torch.no_grad():  # eager model, adaptive pooling not frozen
         want = export.ServingGraph(tiny_artifact.model, meta.mean, meta.std)(torch.from_numpy(images)).numpy()
     assert got.shape == want.shape == (batch, 11, 360, 480)
-    assert np.abs(got - want).max() <= TINY_BOUND
+    within(f"export.tiny_ort_vs_torch[batch {batch}]", np.abs(got - want).max(), TINY_BOUND)
     assert labels.dtype == np.uint8 and np.array_equal(labels, got.argmax(axis=1))
     # PyTorch's argmax too, but where the best two logits are within 2 x TINY_BOUND a flip is legitimate
     top2 = np.sort(want, axis=1)[:, -2:]
@@ -89,7 +90,7 @@ def test_cli_reports_what_it_found(tiny_artifact: TinyArtifact) -> None:
     assert "widths: stem 8/8/16, base 8, ppm 4x16, head 16, aux 8" in out
     assert "dataset: camvid (11 classes), tile 360x480" in out
     line = next(line for line in out.splitlines() if line.startswith("parity:"))
-    assert float(line.split("max |diff| ")[1].split()[0]) <= TINY_BOUND
+    within("export.tiny_cli_parity", float(line.split("max |diff| ")[1].split()[0]), TINY_BOUND)
     line = next(line for line in out.splitlines() if line.startswith("labels:"))
     equal, total = (int(v) for v in line.split("argmax on ")[1].split(" pixels")[0].split(" of "))
     assert total == 2 * 360 * 480 and equal >= total - 1e-3 * total
@@ -161,7 +162,8 @@ def test_dynamo_exporter_also_meets_the_contract(tmp_path: Path) -> None:
     out = tmp_path / "dynamo.onnx"
     # 100x132 -> 13x17 features: odd, and not divisible by any bin but 1
     report = export.export_onnx(model, _meta(model, (100, 132)), out, exporter="dynamo")
-    assert report.max_abs_error <= TINY_BOUND and report.bytes == out.stat().st_size
+    within("export.tiny_report", report.max_abs_error, TINY_BOUND)
+    assert report.bytes == out.stat().st_size
     meta = read_meta(out)
     assert meta.tile == (100, 132) and meta.align_corners is True
     assert json.loads(json.dumps(meta.extra["architecture"])) == meta.extra["architecture"]

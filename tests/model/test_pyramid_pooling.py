@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from model.pspnet import PyramidPooling, adaptive_pool_matrix
+from tests.bounds import within
 
 # feature sizes of real tiles: 360x480 -> 45x60 (bins 2 and 6 do not divide 45), 473 -> 60,
 # 713 -> 90, an odd one, and sizes smaller than the largest bin
@@ -28,7 +29,7 @@ def test_matrix_equals_adaptive_pooling(size: tuple[int, int]) -> None:
         want = F.adaptive_avg_pool2d(x, b)
         got = ph @ x @ pw
         assert got.shape == want.shape
-        assert (got - want).abs().max().item() <= BOUND_F64, (size, b)
+        within("pyramid_pooling.matrix_f64", (got - want).abs().max().item(), BOUND_F64)
 
 
 def test_matrix_rows_are_adaptive_windows() -> None:
@@ -52,7 +53,7 @@ def test_frozen_module_equals_adaptive_module(size: tuple[int, int]) -> None:
         got = ppm(x)
     assert tuple(got.shape) == (2, 16 + 4 * len(BINS), *size)
     assert torch.equal(got[:, :16], x)  # the input comes first, untouched
-    assert (got - want).abs().max().item() <= BOUND_F32
+    within("pyramid_pooling.frozen_f32", (got - want).abs().max().item(), BOUND_F32)
 
 
 def test_frozen_module_refuses_other_sizes() -> None:

@@ -26,6 +26,7 @@ from model.cli import main
 from model.convert import load_checkpoint
 from model.export import run_onnx
 from service.artifact import read_meta
+from tests.bounds import at_least, within
 from tests.recipe import MMSEG_MEAN, MMSEG_STD, REFERENCE, SEMSEG_MEAN, SEMSEG_STD, recipe_image, recipe_input
 
 
@@ -44,12 +45,15 @@ class Source:
 
 
 SOURCES = {
-    # measured max |diff|: PyTorch 1.19e-6, ONNX Runtime 7.9e-7 (expected logits up to 0.94)
+    # measured max |diff| (python -m tests.measure_bounds; docs/TESTING.md): PyTorch 1.19e-6 with
+    # AVX-512 kernels, 4.0e-6 with AVX2 ones (oneDNN sums the convolutions in another order);
+    # ONNX Runtime 7.2e-7 (expected logits up to 0.94)
     "semseg": Source("semseg_pspnet50", "semseg", 473, SEMSEG_MEAN, SEMSEG_STD, True,
-                     "expected_labels_473.png", torch_bound=2.5e-6, onnx_bound=1.5e-6),
-    # measured max |diff|: PyTorch 7.2e-7, ONNX Runtime 7.4e-7 (expected logits up to 1.03)
+                     "expected_labels_473.png", torch_bound=5e-6, onnx_bound=1.5e-6),
+    # measured max |diff|: PyTorch 7.8e-7 (AVX-512), 3.9e-6 (AVX2); ONNX Runtime 7.9e-7
+    # (expected logits up to 1.03)
     "mmseg": Source("mmseg_pspnet_r50", "mmseg", 512, MMSEG_MEAN, MMSEG_STD, False,
-                    "expected_labels_512.png", torch_bound=1.5e-6, onnx_bound=1.5e-6),
+                    "expected_labels_512.png", torch_bound=5e-6, onnx_bound=1.5e-6),
 }
 # Labels: 100% measured for both. A few pixels have a top-2 margin near our 1e-6 error
 # (the semseg README: 0.6% under 1e-3, so ~3 pixels under 2e-6 if spread evenly), so a
@@ -118,7 +122,7 @@ def test_pytorch_stride8_logits(converted: Converted) -> None:
     assert converted.torch_stride8.shape == converted.expected.shape
     error = np.abs(converted.torch_stride8.astype(np.float64) - converted.expected).max()
     print(f"{converted.source.fmt}: PyTorch max |diff| {error:.2e}")
-    assert error <= converted.source.torch_bound
+    within(f"reference_parity.torch_stride8[{converted.source.fmt}]", error, converted.source.torch_bound)
 
 
 def test_onnx_full_resolution_logits(converted: Converted) -> None:
@@ -128,7 +132,7 @@ def test_onnx_full_resolution_logits(converted: Converted) -> None:
     assert converted.onnx_full.shape == upsampled.shape == (1, 150, tile, tile)
     error = np.abs(converted.onnx_full.astype(np.float64) - upsampled).max()
     print(f"{converted.source.fmt}: ONNX Runtime max |diff| {error:.2e}")
-    assert error <= converted.source.onnx_bound
+    within(f"reference_parity.onnx_full[{converted.source.fmt}]", error, converted.source.onnx_bound)
 
 
 def test_labels(converted: Converted) -> None:
@@ -137,4 +141,4 @@ def test_labels(converted: Converted) -> None:
     labels = converted.onnx_full[0].argmax(0)
     agreement = float((labels == expected).mean())
     print(f"{converted.source.fmt}: label agreement {agreement:.6f}")
-    assert agreement >= LABEL_AGREEMENT
+    at_least(f"reference_parity.labels[{converted.source.fmt}]", agreement, LABEL_AGREEMENT)

@@ -29,6 +29,7 @@ from service.errors import (
     UndecodableImage,
     UnsupportedMediaType,
 )
+from tests.bounds import within
 from tests.service import hostile_images as hi
 
 MB = 1 << 20
@@ -140,7 +141,7 @@ def test_16_bit_rgb_png() -> None:
     out = decode(hi.png16_rgb(v))
     exact = np.rint(v.astype(np.float64) * 255 / 65535)
     assert out.rgb.shape == (7, 10, 3)
-    assert np.abs(out.rgb.astype(np.float64) - exact).max() <= 1
+    within("decode.png16_vs_exact", np.abs(out.rgb.astype(np.float64) - exact).max(), 1)
     assert out.rgb[np.where(v == v.max())].min() >= 254
 
 
@@ -181,10 +182,11 @@ def test_cmyk_and_ycbcr() -> None:
     out = decode(data)
     assert out.mode == "CMYK" and np.array_equal(out.rgb, pillow_rgb(data))
     # Measured max |diff| 7 against the original after JPEG at q95 (no chroma subsampling for CMYK).
-    assert np.abs(out.rgb.astype(int) - smooth).max() <= 8
+    within("decode.cmyk_jpeg_q95", np.abs(out.rgb.astype(int) - smooth).max(), 8)
     out = decode(hi.encode(Image.fromarray(smooth).convert("YCbCr"), "TIFF"))
     # RGB -> YCbCr -> RGB rounds twice: measured max |diff| 3.
-    assert out.mode == "YCbCr" and np.abs(out.rgb.astype(int) - smooth).max() <= 3
+    assert out.mode == "YCbCr"
+    within("decode.ycbcr_tiff", np.abs(out.rgb.astype(int) - smooth).max(), 3)
 
 
 # -- animation: the first frame, and only the first is decoded ----------------------------------

@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from service.tiling import TilePlan, plan_tiles, stitch
+from tests.bounds import within
 
 torch = pytest.importorskip("torch")  # the model side builds the network; a slim service install skips
 
@@ -144,7 +145,7 @@ def test_matches_the_official_protocol(runner: str, mode: Mode, request: pytest.
     probs = stitch(plan, run(plan.tiles))
     assert probs.shape == expected.shape == (150, 200, CLASSES)
     error = float(np.abs(probs.astype(np.float64) - expected).max())
-    assert error < BOUND, f"{mode}: max |ours - official| = {error:.3g}"
+    within(f"protocol_parity[{runner} {mode}]", error, BOUND)
 
 
 def test_the_bound_catches_a_protocol_slip(onnx_runner: Runner) -> None:
