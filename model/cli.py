@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model.datasets import dataset_info, dataset_names
+from service.version import VersionAction
 
 if TYPE_CHECKING:
     from model.export import ExportReport
@@ -257,6 +258,9 @@ def _run_add_labels(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="pspnet-model", description=__doc__)
+    # torch's version from its metadata: --version imports no torch (and needs no GPU)
+    parser.add_argument("--version", action=VersionAction, extra=("torch",),
+                        help="print the versions of this package, ONNX Runtime, torch and Python, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_convert(sub)

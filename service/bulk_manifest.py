@@ -25,9 +25,10 @@ final name is complete: resuming skips it without looking inside.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -69,10 +70,11 @@ def atomic_write(path: Path, data: bytes) -> None:
     """``data`` to ``path`` through a temporary file in the same folder and a rename.
 
     Readers (and a later resume) see the old file or the whole new one, never a part. The
-    temporary name is unique (``.NAME.XXXX.tmp``), so two writers never share one.
+    temporary name is unique (``.NAME.XXXX.tmp``), so two writers never share one. The file gets
+    the mode any file a user writes gets, ``0666`` less the umask (e.g. 0644), not mkstemp's 0600.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -80,6 +82,20 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new file ``.NAME.XXXX.tmp`` beside ``path``, open for writing; created, as mkstemp does,
+    with O_EXCL (never an existing file or link), but with mode 0666 for the kernel to apply the
+    umask (and a default ACL) to: reading the umask to chmod would race with other threads."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary name", str(path.parent))
 
 
 def earlier_records(out: Path) -> dict[str, Record]:

@@ -4,6 +4,7 @@
     pspnet-serve segment INPUTS... --out DIR [--output ...] [--ray ...]   offline: files, folders, globs
     pspnet-serve evaluate --model X.onnx --images DIR --labels DIR        mIoU of an artifact
     pspnet-serve bench --url URL --image IMG [--concurrency N | --rate R]  load generator
+    pspnet-serve --version        the versions of this package, ONNX Runtime and Python
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 
 from service import logs
 from service.settings import Settings
+from service.version import VersionAction
 
 COMMANDS = ("serve", "segment", "evaluate", "bench")
 
@@ -53,6 +55,7 @@ def _configure_logging(level: str, fmt: logs.LogFormat = "text") -> None:
 def serve(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pspnet-serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=VersionAction)
     add_settings_flags(parser)
     settings = settings_from(parser.parse_args(argv))
     _configure_logging(settings.log_level, settings.log_format)

@@ -13,6 +13,9 @@ Images over ``--max-pixels`` or that cannot be read or decoded are recorded and 
 
 Exit status: 0 when every input was segmented (now or before), 1 when some failed (each named on
 stderr, and in the manifest), 2 for usage errors (bad flags, no inputs, no model, no Ray).
+
+SIGHUP is ignored: a run has nothing to reload, and a ``kill -HUP`` meant for a server must not
+end it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,7 +123,28 @@ def plan_jobs(specs: list[str], out: Path, suffix: str) -> list[Job]:
     return jobs
 
 
+def ignore_sighup() -> None:
+    """SIGHUP does nothing in this process from now on (where there is one; only the main thread
+    may set a handler: elsewhere, as in a test calling segment_main, it is left as it is).
+
+    A handler that returns, not SIG_IGN: an ignored signal stays ignored across exec, in every
+    process the run starts (a local Ray cluster's), where a handler is reset to the default. Not
+    restored at the end: the process would die of a SIGHUP between its last write and its exit.
+    """
+    if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, _sighup)
+
+
+def _sighup(signum: int, frame: object) -> None:
+    """Nothing: a segment run has nothing to reload (and prints nothing: the terminal may be gone)."""
+
+
 def segment_main(argv: list[str]) -> int:
+    ignore_sighup()
+    return _segment(argv)
+
+
+def _segment(argv: list[str]) -> int:
     p = parser()
     args = p.parse_args(argv)
     settings = segment_settings(args)

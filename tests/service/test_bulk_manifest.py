@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+import stat
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,30 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path, monkeypatch: 
         atomic_write(target, b"second")
     assert target.read_bytes() == b"first"
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.png"]  # no temporary left behind
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664)], ids=["umask022", "umask002"])
+def test_atomic_write_gives_the_mode_of_any_new_file(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "a.png", b"data")
+        (tmp_path / "b.png").write_bytes(b"old")
+        (tmp_path / "b.png").chmod(0o600)
+        atomic_write(tmp_path / "b.png", b"new")  # a replaced file: a new file's mode too
+    finally:
+        os.umask(old)
+    assert [stat.S_IMODE((tmp_path / n).stat().st_mode) for n in ("a.png", "b.png")] == [mode, mode]
+
+
+def test_atomic_write_never_opens_an_existing_temporary(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    names = iter(["taken", "taken", "free"])
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(names))
+    (tmp_path / ".a.png.taken.tmp").write_bytes(b"someone else's")
+    atomic_write(tmp_path / "a.png", b"data")
+    assert (tmp_path / "a.png").read_bytes() == b"data"
+    assert (tmp_path / ".a.png.taken.tmp").read_bytes() == b"someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.png.taken.tmp", "a.png"]
 
 
 def test_earlier_records_read_the_manifest_then_the_partial(tmp_path: Path) -> None:

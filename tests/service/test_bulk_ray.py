@@ -6,6 +6,8 @@ Needs the ``ray`` extra, which the README's test command installs: these tests n
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +70,19 @@ def test_ray_writes_the_plain_commands_bytes(model: Path, tmp_path: Path, output
         return [{k: v for k, v in line.items() if k != "seconds"} for line in lines]
 
     assert strip(manifest(tmp_path / "ray")) == strip(manifest(tmp_path / "plain"))
+
+
+def test_ray_workers_write_results_of_the_usual_mode(model: Path, tmp_path: Path) -> None:
+    # the workers write through atomic_write as the plain command does: 0666 less the umask, which
+    # they inherited from this process when the cluster started (0644 under the usual 022), not 0600
+    umask = os.umask(0o022)
+    os.umask(umask)
+    src = tree(tmp_path / "in", {"a.png": png_bytes(30, 40, seed=1), "b/c.png": png_bytes(30, 40, seed=2)})
+    out = tmp_path / "out"
+    assert segment(str(src), "--out", str(out), "--model", str(model), "--ray",
+                   "--cpus-per-worker", "0.5") == 0
+    modes = {n: stat.S_IMODE((out / n).stat().st_mode) for n in ["a.png", "b/c.png", "manifest.jsonl"]}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)
 
 
 def test_ray_records_bad_inputs_and_a_rerun_skips_what_is_done(model: Path, tmp_path: Path,
