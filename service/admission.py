@@ -22,7 +22,8 @@ CLIENT_CLOSED = 499  # nginx's status for a client that went away: logged, never
 
 async def run_admitted(request: Request, service: Service, rt: ModelRuntime, need_bytes: int,
                        work: Callable[[], Awaitable[Response]]) -> Response:
-    with service.memory.reserve(need_bytes):
+    # a refusal says when to retry by the one rule of overload 503s: this model's queued work
+    with service.memory.reserve(need_bytes, retry_after=rt.batcher.retry_after()):
         job = asyncio.ensure_future(work())
         gone = asyncio.ensure_future(until_disconnect(request.receive))
         try:

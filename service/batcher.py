@@ -23,7 +23,8 @@ Policy:
   time (``max_queue_delay_s`` of work ahead at the recent time per tile, shared
   among the runners), or
   work ahead that would outlast the request's deadline -> :class:`Overloaded`
-  with a Retry-After estimated from the queue depth and that time per tile;
+  with the one Retry-After rule, :func:`retry_after_seconds` (the queued work over
+  the recent throughput, rounded up: the same for every request refused under one queue);
   after :meth:`TileBatcher.stop` began ->
   :class:`NotReady` (503, the process is going away).
 - A request whose deadline passes gets :class:`DeadlineExceeded`; one whose
@@ -85,6 +86,27 @@ class _LogitsOnly:
 
 #: Retry-After bounds, seconds: never "0" (clients would hammer), never absurdly far.
 MIN_RETRY_AFTER, MAX_RETRY_AFTER = 1, 60
+
+
+def retry_after_seconds(queued_tiles: int, seconds_per_tile: float | None, runners: int = 1) -> int:
+    """The Retry-After of every overload 503: the queued work over the recent throughput, rounded up.
+
+    The throughput is ``runners / seconds_per_tile`` tiles a second (the runners work side by side,
+    each at the measured time per tile), so the wait is ``queued_tiles * seconds_per_tile /
+    runners`` seconds, rounded up to whole seconds and kept within
+    [:data:`MIN_RETRY_AFTER`, :data:`MAX_RETRY_AFTER`]. Nothing measured yet, or nothing queued:
+    the floor. It depends on the queue alone, never on the refused request (its size, the check
+    that refused it), so every 503 under one queue says the same.
+    """
+    if seconds_per_tile is None or queued_tiles <= 0:
+        return MIN_RETRY_AFTER
+    if runners < 1 or not seconds_per_tile >= 0:
+        raise ValueError(f"need runners >= 1 and seconds_per_tile >= 0, got {runners} and {seconds_per_tile}")
+    seconds = queued_tiles * seconds_per_tile / runners
+    if seconds >= MAX_RETRY_AFTER:
+        return MAX_RETRY_AFTER
+    # rounded to the microsecond first, so that 30 tiles at 0.1 s are 3 s, not ceil(3.0000000000000004)
+    return max(MIN_RETRY_AFTER, math.ceil(round(seconds, 6)))
 
 
 class BatchObserver(Protocol):
@@ -242,7 +264,7 @@ class TileBatcher:
         refusal = self._room_refusal(n)
         if refusal is not None:
             self._reject("overloaded")
-            raise Overloaded(refusal, retry_after=self.retry_after(n))
+            raise Overloaded(refusal, retry_after=self.retry_after())
         eta = self._eta(n)
         if self._queued and eta is not None and loop.time() + eta > deadline:
             # Room in the queue, but not in time: by the measured speed the work ahead would make
@@ -251,7 +273,7 @@ class TileBatcher:
             self._reject("overloaded")
             left = deadline - loop.time()
             raise Overloaded(f"about {eta:.1f} s of work is queued, more than the {left:.1f} s left to "
-                             f"this request's deadline", retry_after=self.retry_after(n))
+                             f"this request's deadline", retry_after=self.retry_after())
         r = _Request(tiles, output, loop.create_future(), loop.time(), deadline)
         self._queue.append(r)
         self._queued += n
@@ -277,7 +299,7 @@ class TileBatcher:
         refusal = self._room_refusal(1)
         if refusal is not None:
             self._reject("overloaded")
-            raise Overloaded(f"no room now: {refusal}", retry_after=self.retry_after(1))
+            raise Overloaded(f"no room now: {refusal}", retry_after=self.retry_after())
 
     def _room_refusal(self, n: int) -> str | None:
         """Why ``n`` more tiles do not fit the queue's bounds now, in tiles or in time; None if they do.
@@ -294,12 +316,9 @@ class TileBatcher:
                     f"{self.max_queue_delay:g} s")
         return None
 
-    def retry_after(self, extra_tiles: int = 0) -> int:
-        """Seconds until the queue (plus ``extra_tiles``) would likely have run, 1..60."""
-        eta = self._eta(extra_tiles)
-        if eta is None:
-            return MIN_RETRY_AFTER
-        return max(MIN_RETRY_AFTER, min(MAX_RETRY_AFTER, math.ceil(eta)))
+    def retry_after(self) -> int:
+        """The Retry-After of a 503 now: :func:`retry_after_seconds` of this queue, 1..60."""
+        return retry_after_seconds(self._queued, self._sec_per_tile, len(self._runners))
 
     def _eta(self, extra_tiles: int) -> float | None:
         """Seconds to run the queue plus ``extra_tiles`` at the measured speed; None before any batch.

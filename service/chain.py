@@ -95,7 +95,11 @@ def make_plan(meta: ArtifactMeta, image: np.ndarray, params: InferenceParams) ->
         return plan_tiles(image, tile=meta.tile, mode=params.mode, scales=params.scales, flip=params.flip,
                           base_size=p.base_size, stride_rate=p.stride_rate, mean=meta.mean)
     except ValueError as e:  # e.g. a 1 x 40000 image at scale 0.5 shrinks to nothing
-        raise BadRequest(f"cannot segment a {image.shape[1]}x{image.shape[0]} image this way: {e}") from None
+        # whole resizes any shape into the one tile: the way to serve a strip too thin to scale
+        hint = ("" if params.mode == "whole"
+                else "; mode=whole serves images of any shape (resized into one tile)")
+        size = f"{image.shape[1]}x{image.shape[0]}"
+        raise BadRequest(f"cannot segment a {size} image this way: {e}{hint}") from None
 
 
 def run_chunked(run: Runner, tiles: np.ndarray, max_batch: int) -> np.ndarray:

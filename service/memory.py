@@ -75,8 +75,12 @@ class MemoryBudget:
     in_flight: int = 0
     requests: int = 0
 
-    def check(self, need: int) -> None:
-        """413 if ``need`` alone can never fit; 503 if it does not fit beside what is in flight now."""
+    def check(self, need: int, *, retry_after: int = 1) -> None:
+        """413 if ``need`` alone can never fit; 503 if it does not fit beside what is in flight now.
+
+        ``retry_after``: the 503's Retry-After, which the caller takes from the model's queue
+        (:func:`service.batcher.retry_after_seconds`, the one rule of every overload 503).
+        """
         if (need > self.limit or self.in_flight + need > self.limit) and self.on_reject is not None:
             self.on_reject()
         if need > self.limit:
@@ -85,12 +89,12 @@ class MemoryBudget:
                 f"(PSPNET_MAX_MEMORY_MB): send a smaller image or use fewer scales")
         if self.in_flight + need > self.limit:
             raise Overloaded(f"{_mb(self.in_flight)} MB of {_mb(self.limit)} MB are held by requests in "
-                             f"flight; this one needs {_mb(need)} MB", retry_after=1)
+                             f"flight; this one needs {_mb(need)} MB", retry_after=retry_after)
 
     @contextlib.contextmanager
-    def reserve(self, need: int) -> Iterator[None]:
+    def reserve(self, need: int, *, retry_after: int = 1) -> Iterator[None]:
         """Hold ``need`` bytes for the block; refused as :meth:`check` says."""
-        self.check(need)
+        self.check(need, retry_after=retry_after)
         self.in_flight += need
         self.requests += 1
         try:

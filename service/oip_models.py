@@ -1,4 +1,5 @@
-"""What the Open Inference Protocol says about a model: metadata, Triton-style config, statistics.
+"""What the Open Inference Protocol says about a model: metadata, Triton-style config, statistics,
+and its entry in the repository index (Triton's model repository extension).
 
 Every artifact is served the same way: two inputs of which a request sends one
 (``image``: encoded files, BYTES [N]; ``pixels``: RGB UINT8 [N, H, W, 3], or
@@ -9,6 +10,7 @@ beyond 256 classes). Each model is version "1". Statistics follow Triton's
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,9 +19,12 @@ from typing import Any
 import numpy as np
 
 from service.artifact import ArtifactMeta, label_dtype
+from service.errors import BadRequest
 from service.oip_codec import datatype_of
 
 VERSION = "1"
+#: a model's state in the repository index, as Triton names them
+READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
 PLATFORM = "pspnet_onnx"
 _TRITON_TYPES = {"BYTES": "TYPE_STRING", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16"}
 
@@ -133,3 +138,37 @@ class ModelStats:
                 "batch_stats": [{"batch_size": size, "compute_infer": d.json()}
                                 for size, d in sorted(self.batches.items())],
             }
+
+
+def index_entry(name: str, state: str, reason: str | None = None, *,
+                version: str | None = VERSION) -> dict[str, str]:
+    """One entry of ``POST /v2/repository/index``: ``name``, ``version`` (left out for a file that
+    never loaded), ``state`` and, when there is one, the ``reason`` for it (as Triton: no empty
+    reason)."""
+    entry = {"name": name}
+    if version is not None:
+        entry["version"] = version
+    entry["state"] = state
+    if reason:
+        entry["reason"] = reason
+    return entry
+
+
+def parse_index_request(body: bytes) -> bool:
+    """``ready`` of an index request body: empty (what tritonclient sends), or a JSON object with
+    at most ``ready`` (a boolean: only the models ready for inference). Anything else is a 400."""
+    if not body.strip():
+        return False
+    try:
+        doc = json.loads(body)
+    except ValueError as e:  # UnicodeDecodeError is one
+        raise BadRequest(f"the index request is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest('the index request must be a JSON object, e.g. {"ready": true}')
+    unknown = sorted(set(doc) - {"ready"})
+    if unknown:
+        raise BadRequest(f"unknown members {unknown} of the index request; allowed: ['ready']")
+    ready = doc.get("ready", False)
+    if not isinstance(ready, bool):
+        raise BadRequest("'ready' must be true or false")
+    return ready

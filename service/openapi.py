@@ -149,6 +149,16 @@ class Readiness(BaseModel):
     models: list[ModelReadiness]
 
 
+class RepositoryIndexEntry(BaseModel):
+    """A model of ``POST /v2/repository/index``, as Triton's model repository extension lists it."""
+
+    name: str
+    version: str | None = Field(None, description='"1" for a served model; absent for a file never loaded')
+    state: str = Field(description="READY, LOADING (warming up), UNAVAILABLE (failing, or a file not "
+                                   "served) or UNLOADING (draining)")
+    reason: str | None = Field(None, description="why the model is not READY; absent when it is")
+
+
 #: models referenced by hand below (FastAPI registers those it uses as response_model itself)
 DOCUMENTED: tuple[type[BaseModel], ...] = (Problem, Segmentation)
 
@@ -183,6 +193,14 @@ def oip_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
             entry["headers"] = {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}}
         out[status] = entry
     return out
+
+
+def index_operation() -> dict[str, Any]:
+    """``openapi_extra`` of POST /v2/repository/index: an optional JSON body, ``{"ready": true}``."""
+    return {"requestBody": {"required": False, "content": {"application/json": {"schema": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"ready": {"type": "boolean", "description": "only the models ready for inference "
+                                                                   "(default false: every model)"}}}}}}}
 
 
 def infer_operation() -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 Server: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``. Per model (version
 "1" only; ``/versions/1`` may be given): metadata, ``/ready``, ``/config``,
-``/stats`` and ``POST /infer``; ``GET /v2/models/stats`` for all models. An
+``/stats`` and ``POST /infer``; ``GET /v2/models/stats`` for all models;
+``POST /v2/repository/index``, the index of Triton's model repository extension
+(every model with its state; not its load and unload). An
 inference request sends exactly one input: ``image`` (BYTES [N], encoded files,
 every format /v1 takes) or ``pixels`` (UINT8 [N, H, W, 3], or [H, W, 3]
 unbatched, RGB); the one output, ``labels``, has the input's size. Its
@@ -34,8 +36,18 @@ from service.oip_codec import (
     encode_response,
     parse_request,
 )
-from service.oip_models import VERSION, config, metadata
-from service.openapi import infer_operation, oip_errors
+from service.oip_models import (
+    LOADING,
+    READY,
+    UNAVAILABLE,
+    UNLOADING,
+    VERSION,
+    config,
+    index_entry,
+    metadata,
+    parse_index_request,
+)
+from service.openapi import RepositoryIndexEntry, index_operation, infer_operation, oip_errors
 from service.params import InferenceParams, resolve
 from service.runtime import ModelRuntime
 from service.state import Service, service_of
@@ -46,6 +58,8 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 #: request parameters with a meaning here; the protocol's own are allowed and ignored
 PARAMETERS = {"mode", "flip", "scales"}
 PROTOCOL_PARAMETERS = {"binary_data_output"}
+#: an index request is at most {"ready": true}: a body beyond this is refused (413) unread
+INDEX_BODY_LIMIT = 4096
 V = "/v2/models/{name}"
 VV = "/v2/models/{name}/versions/{version}"
 
@@ -84,6 +98,16 @@ def router(server_version: str) -> APIRouter:
     async def all_stats(request: Request) -> dict[str, Any]:
         service = service_of(request)
         return {"model_stats": [rt.stats.json(rt.name) for rt in service.models.values()]}
+
+    @r.post("/v2/repository/index", response_model=list[RepositoryIndexEntry],
+            response_model_exclude_none=True, openapi_extra=index_operation(),
+            responses=oip_errors(400, 401, 413))
+    async def repository_index(request: Request) -> list[dict[str, str]]:
+        """Every model of the repository with its state (Triton's model repository extension): the
+        served ones, version "1", and the files that are not served, UNAVAILABLE with the reason.
+        A body ``{"ready": true}`` keeps only the models ready for inference."""
+        ready_only = parse_index_request(await read_body(request, INDEX_BODY_LIMIT))
+        return repository_index_of(service_of(request), ready_only=ready_only)
 
     for prefix in (V, VV):
         def routes(prefix: str = prefix) -> None:  # a closure per prefix, so each route has its path
@@ -127,6 +151,29 @@ def router(server_version: str) -> APIRouter:
 
     public.include_router(r)
     return public
+
+
+def _state(rt: ModelRuntime) -> str:
+    """A served model's state as Triton names it (the reason is :meth:`ModelRuntime.not_ready_reason`)."""
+    if rt.ready:
+        return READY
+    if not rt.accepting:
+        return UNLOADING
+    if rt.health.failing:
+        return UNAVAILABLE
+    return LOADING
+
+
+def repository_index_of(service: Service, *, ready_only: bool = False) -> list[dict[str, str]]:
+    """The body of ``POST /v2/repository/index``, sorted by name."""
+    entries = [index_entry(rt.name, _state(rt), rt.not_ready_reason()) for rt in service.models.values()]
+    # a file that is not served, under the name it would have (its file's stem when unreadable);
+    # left out where that name is served from another file, so that a name has one entry
+    entries += [index_entry(e.name, UNAVAILABLE, e.error or "not a usable artifact", version=None)
+                for e in service.unavailable.values() if e.name not in service.models]
+    if ready_only:
+        entries = [e for e in entries if e["state"] == READY]
+    return sorted(entries, key=lambda e: e["name"])
 
 
 def _params(rt: ModelRuntime, req: InferRequest, max_scales: int) -> InferenceParams:

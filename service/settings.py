@@ -72,7 +72,11 @@ class Settings(BaseSettings):
     max_scales: int = Field(8, ge=1, le=32, description="most scales one request may ask for")
     warmup: bool = Field(True, description="run every batch size once before reporting ready")
     auth_token: SecretStr | None = Field(
-        None, description="if set, /v1/* requires 'Authorization: Bearer <token>'")
+        None, description="if set, the model routes require 'Authorization: Bearer <token>': /v1/models, "
+        "/v1/models/{name}, /v1/segment, /v1/models/{name}/segment, /v1/admin/reload (which exists only "
+        "then), /v2/models/stats, every /v2/models/{name}/... route (metadata, ready, config, stats, "
+        "infer) and /v2/repository/index; /, /docs, /openapi.json, /healthz, /readyz, /metrics, /v2, "
+        "/v2/health/live and /v2/health/ready stay open")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines: text for people, or json (one object a line, uvicorn's too) "

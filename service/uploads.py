@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.types import Message
 
@@ -11,6 +13,8 @@ from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 #: multipart framing around the image part may add this much to the body
 MULTIPART_OVERHEAD = 64 * 1024
+#: a multipart body carries one file (the image) and at most this many fields in all
+MAX_FILES, MAX_FIELDS = 1, 16
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -38,7 +42,14 @@ async def image_bytes(request: Request, max_body_bytes: int) -> tuple[bytes, str
         async def replay() -> Message:
             return {"type": "http.request", "body": raw, "more_body": False}
 
-        form = await Request(request.scope, replay).form(max_files=1, max_fields=16)
+        try:
+            form = await Request(request.scope, replay).form(max_files=MAX_FILES, max_fields=MAX_FIELDS)
+        except (MultiPartException, HTTPException) as e:
+            # Starlette's parser refuses (two files, too many fields, broken framing) with a plain
+            # HTTP 400 that would go out as about:blank; ours says what to send
+            message = e.message if isinstance(e, MultiPartException) else str(e.detail)
+            raise BadRequest(f"cannot read the multipart body: {message.rstrip('.')}. Send one file, "
+                             f"in field 'image', with at most {MAX_FIELDS} fields in all") from None
         part = form.get("image")
         if part is None or isinstance(part, str):
             raise BadRequest("multipart body needs a file field named 'image'")

@@ -92,7 +92,10 @@ async function run() {
     });
     if (!response.ok) {
       if (response.status === 401) $("auth").hidden = false;
-      if (ticket === state.runs) showError(await problemMessage(response));
+      if (ticket === state.runs) {
+        clearResult(); // no old mask beside the input that just failed
+        showError(await problemMessage(response));
+      }
       return;
     }
     const doc = await response.json();
@@ -110,7 +113,10 @@ async function run() {
     $("result").hidden = false;
     $("status").textContent = `${doc.width}\u00d7${doc.height} px, ${doc.classes.length} classes present.`;
   } catch (err) {
-    if (ticket === state.runs) showError(`The request failed: ${err.message}`);
+    if (ticket === state.runs) {
+      clearResult();
+      showError(`The request failed: ${err.message}`);
+    }
   } finally {
     if (ticket === state.runs) setBusy(false);
   }
@@ -313,6 +319,19 @@ function showError(text) {
   box.textContent = text;
   box.hidden = false;
   $("status").textContent = "";
+}
+
+// A failed run leaves no result of an earlier one on the page: mask, legend, timings, the section.
+function clearResult() {
+  state.mask = null;
+  state.input = null;
+  const canvas = $("output-view");
+  canvas.width = 0;
+  canvas.height = 0;
+  $("legend").tBodies[0].replaceChildren();
+  $("timings").tBodies[0].replaceChildren();
+  $("timings").caption.textContent = "Timings";
+  $("result").hidden = true;
 }
 
 function clearError() {

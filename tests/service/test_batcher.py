@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.batcher import TileBatcher
+from service.batcher import MAX_RETRY_AFTER, MIN_RETRY_AFTER, TileBatcher, retry_after_seconds
 from service.errors import DeadlineExceeded, NotReady, Overloaded, PayloadTooLarge
 
 SHAPE = (3, 4, 4)
@@ -224,8 +224,66 @@ def test_retry_after_follows_queue_depth_and_measured_speed() -> None:
         await asyncio.sleep(0)
         with pytest.raises(Overloaded) as e:
             await b.submit(tiles(4, 2), deadline=deadline())
-        # 19 queued + 2 asked, at >= 0.3 s a tile: at least ceil(21 * 0.3) = 7 s
-        assert 7 <= e.value.retry_after <= 60
+        # the 19 queued tiles (not the 2 asked), at >= 0.3 s a tile: at least ceil(19 * 0.3) = 6 s
+        assert e.value.retry_after == retry_after_seconds(19, b.seconds_per_tile) >= 6
+        runner.delay = 0
+        gate.set()
+        await asyncio.gather(running, waiting)
+        await b.stop()
+    run(body)
+
+
+@pytest.mark.parametrize(("queued", "per_tile", "runners", "want"), [
+    (0, 0.5, 1, MIN_RETRY_AFTER),  # nothing queued: the floor
+    (10, None, 1, MIN_RETRY_AFTER),  # nothing measured yet: the floor
+    (1, 0.01, 1, MIN_RETRY_AFTER),  # 0.01 s rounds up to the floor, never 0
+    (19, 0.3, 1, 6),  # 5.7 s up to 6
+    (20, 0.25, 1, 5),  # exactly 5 s stays 5
+    (30, 0.1, 1, 3),  # 3.0000000000000004 in floats: still 3
+    (20, 0.3, 2, 3),  # two runners side by side: twice the throughput
+    (21, 0.3, 2, 4),  # 3.15 s up to 4
+    (1000, 0.5, 1, MAX_RETRY_AFTER),  # 500 s: the cap
+    (10, float("inf"), 1, MAX_RETRY_AFTER),
+])
+def test_retry_after_is_queued_work_over_recent_throughput_rounded_up(
+        queued: int, per_tile: float | None, runners: int, want: int) -> None:
+    assert retry_after_seconds(queued, per_tile, runners) == want
+
+
+def test_retry_after_refuses_nonsense() -> None:
+    for per_tile, runners in [(float("nan"), 1), (-0.1, 1), (0.1, 0)]:
+        with pytest.raises(ValueError):
+            retry_after_seconds(5, per_tile, runners)
+
+
+def test_every_503_under_one_queue_says_the_same_retry_after() -> None:
+    """A refusal for room in tiles, for room in time, for the deadline, the early check and a request
+    of any size: one queue, one Retry-After (it was queued + asked tiles, so 1 then 33 under one queue)."""
+    async def body() -> None:
+        gate = threading.Event()
+        runner = FakeRunner(delay=0.3)
+        b = await started(runner, max_batch=1, max_wait_ms=0, max_queue_tiles=20)
+        await b.submit(tiles(1, 1), deadline=deadline())  # learns >= 0.3 s per tile
+        runner.gate = gate
+        runner.entered.clear()
+        running = asyncio.ensure_future(b.submit(tiles(2, 1), deadline=deadline()))
+        await until_entered(runner)
+        waiting = asyncio.ensure_future(b.submit(tiles(3, 19), deadline=deadline()))
+        await asyncio.sleep(0)
+        assert b.queue_depth == 19
+        want = retry_after_seconds(19, b.seconds_per_tile)
+        said = []
+        for n, left in [(2, LONG), (15, LONG), (20, LONG), (1, 0.5)]:  # no room for n; no time for 1
+            with pytest.raises(Overloaded) as e:
+                await b.submit(tiles(10 + n, n), deadline=deadline(left))
+            said.append(e.value.headers()["Retry-After"])
+        b.max_queue_delay = 1.0  # the 19 queued tiles are more than 1 s of work
+        for _ in range(2):
+            with pytest.raises(Overloaded, match="no room now") as e:
+                b.check_room()
+            said.append(e.value.headers()["Retry-After"])
+        assert said == [str(want)] * 6 and want >= 6
+        assert b.queue_depth == 19 and b.retry_after() == want
         runner.delay = 0
         gate.set()
         await asyncio.gather(running, waiting)

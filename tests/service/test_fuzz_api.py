@@ -80,7 +80,8 @@ V2_MODEL_OPERATIONS = tuple(f"{method} {prefix}{tail}" for prefix in ("/v2/model
                                                  ("GET", "/stats"), ("POST", "/infer")))
 OPERATIONS = ("GET /healthz", "GET /readyz", "GET /metrics", "GET /v1/models", "GET /v1/models/{name}",
               "POST /v1/segment", "POST /v1/models/{name}/segment", "GET /v2", "GET /v2/health/live",
-              "GET /v2/health/ready", "GET /v2/models/stats", *V2_MODEL_OPERATIONS)
+              "GET /v2/health/ready", "GET /v2/models/stats", "POST /v2/repository/index",
+              *V2_MODEL_OPERATIONS)
 MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
 
 

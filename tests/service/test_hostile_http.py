@@ -260,6 +260,23 @@ async def test_a_strip_too_thin_for_its_scales_is_400(model: Path, mode: str) ->
         r = await c.post(f"/v1/segment?mode={mode}", content=hi.encode(Image.new("RGB", (4000, 1)), "PNG"),
                          headers={"content-type": "image/png"})
     assert r.status_code == 400 and r.headers["content-type"] == PROBLEM, r.text
+    assert "mode=whole serves images of any shape" in r.json()["detail"], "the refusal says what serves it"
+
+
+async def test_a_thin_strip_is_400_in_the_default_mode_and_200_with_mode_whole(model: Path) -> None:
+    """The tiny model's default is slide, as for every shipped and converted model (RELIABILITY.md)."""
+    strip = hi.encode(Image.new("RGB", (4000, 1), (9, 9, 9)), "PNG")
+    headers = {"content-type": "image/png"}
+    async with serving(model) as c:
+        default = await c.post("/v1/segment", content=strip, headers=headers)
+        whole = await c.post("/v1/segment?mode=whole", content=strip, headers=headers)
+        v2 = await c.post("/v2/models/tiny/infer", json={"inputs": [
+            {"name": "pixels", "datatype": "UINT8", "shape": [1, 4000, 3], "data": [9] * 12000}]})
+    assert default.status_code == 400 and "mode=whole" in default.json()["detail"], default.text
+    assert whole.status_code == 200 and whole.headers["x-pspnet-mode"] == "whole"
+    with Image.open(io.BytesIO(whole.content)) as mask:
+        assert mask.size == (4000, 1)
+    assert v2.status_code == 400 and "mode=whole" in v2.json()["error"], v2.text
 
 
 async def test_declared_content_types(model: Path) -> None:
@@ -275,6 +292,8 @@ async def test_malformed_multipart_is_400(model: Path) -> None:
                                           files={"other": ("x.txt", b"x", "text/plain")}),
             "two files": await c.post("/v1/segment", files=[("image", ("a.png", png, "image/png")),
                                                             ("image", ("b.png", png, "image/png"))]),
+            "image and another file": await c.post("/v1/segment", files=[
+                ("image", ("a.png", png, "image/png")), ("mask", ("b.png", png, "image/png"))]),
             "17 fields": await c.post("/v1/segment", data={f"f{i}": "x" for i in range(17)},
                                       files={"image": ("a.png", png, "image/png")}),
             "no boundary": await c.post("/v1/segment", content=b"garbage",
@@ -285,6 +304,10 @@ async def test_malformed_multipart_is_400(model: Path) -> None:
         }
     for name, r in answers.items():
         assert r.status_code == 400 and r.headers["content-type"] == PROBLEM, (name, r.text)
+        # the project's own type, as every other 400: never the router's about:blank
+        assert r.json()["type"] == "urn:problem-type:pspnet:bad-request", (name, r.text)
+    for name in ("two files", "image and another file"):
+        assert "Send one file, in field 'image'" in answers[name].json()["detail"], name
 
 
 async def test_body_over_the_limit_is_refused_while_streaming(model: Path) -> None:

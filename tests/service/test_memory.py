@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.batcher import retry_after_seconds
 from service.chain import NO_LIMITS, Chain
 from service.engine import Engine
 from service.errors import Overloaded, PayloadTooLarge
@@ -125,3 +126,43 @@ async def test_over_the_budget_is_413_alone_and_503_beside_others(model: Path,
     assert "PSPNET_MAX_MEMORY_MB" not in busy.json()["detail"] and "MB" in busy.json()["detail"]
     assert never.status_code == 413 and "PSPNET_MAX_MEMORY_MB" in never.json()["detail"]
     assert metric_samples(text, "pspnet_rejections_total").get('{model="",reason="memory"}') == 2
+
+
+@pytest.mark.anyio
+async def test_a_memory_503_says_the_same_retry_after_as_a_queue_503(model: Path,
+                                                                     slow_engine: threading.Event) -> None:
+    """One rule for every overload 503 (service.batcher.retry_after_seconds): the model's queued work
+    over its recent throughput, whether the queue or the memory budget refused (it was 1 s for memory)."""
+    small, big = png_bytes(200, 300), png_bytes(1000, 1500)
+    chain = Chain(Engine(model, provider="cpu").meta, NO_LIMITS)
+    need = {name: chain.peak_bytes(body, InferenceParams("whole", (1.0,), flip), "color")
+            for name, body, flip in [("small", small, False), ("flip", small, True), ("big", big, False)]}
+    assert all(n is not None for n in need.values())
+    ns, nf, nb = (int(need[k] or 0) for k in ("small", "flip", "big"))
+    # four small ones in flight leave room for the flipped one, not for the big one (alone it fits)
+    limit_mb = (4 * ns + (nf + nb) // 2) // MB
+    assert 4 * ns + nf <= limit_mb * MB < 4 * ns + nb and nb <= limit_mb * MB
+    headers = {"content-type": "image/png"}
+    async with serving(model, max_memory_mb=limit_mb, max_queue_tiles=4, max_batch=1, warmup=False) as c:
+        batcher = c._transport.app.state.service.models["tiny"].batcher  # type: ignore[attr-defined]
+        first = asyncio.create_task(c.post("/v1/segment?mode=whole", content=small, headers=headers))
+        await asyncio.sleep(1.0)  # the first batch is held at the model: most of 1 s a tile, measured
+        slow_engine.set()
+        assert (await first).status_code == 200
+        slow_engine.clear()
+        held = [asyncio.create_task(c.post("/v1/segment?mode=whole", content=small, headers=headers))
+                for _ in range(4)]  # one at the model, three queued: room for one more tile
+        for _ in range(200):
+            if batcher.queue_depth == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert batcher.queue_depth == 3 and batcher.seconds_per_tile >= 0.5
+        want = retry_after_seconds(3, batcher.seconds_per_tile, batcher.runners)
+        by_queue = await c.post("/v1/segment?mode=whole&flip=true", content=small, headers=headers)  # 2 tiles
+        by_memory = await c.post("/v1/segment?mode=whole", content=big, headers=headers)
+        assert batcher.queue_depth == 3
+        slow_engine.set()
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200] * 4
+    assert by_queue.status_code == 503 and "no room for 2" in by_queue.json()["detail"]
+    assert by_memory.status_code == 503 and "MB" in by_memory.json()["detail"]
+    assert by_queue.headers["retry-after"] == by_memory.headers["retry-after"] == str(want) and want >= 2

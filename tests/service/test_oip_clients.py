@@ -11,6 +11,8 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,14 +28,23 @@ IMAGE = png_bytes(40, 60, seed=11)
 RGB = np.asarray(Image.open(io.BytesIO(IMAGE)).convert("RGB"))
 
 
+TOKEN = "oip-client-token"
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("repo")
     build_tiny_artifact(repo / "a.onnx", name="alpha", num_classes=5)
     build_tiny_artifact(repo / "b.onnx", name="beta", num_classes=3)
+    return repo
+
+
+@contextmanager
+def _serving(repo: Path, **settings: str) -> Iterator[str]:
+    """``python -m service.cli`` on ``repo``; ``settings``: more PSPNET_* variables."""
     port = free_port()
     env = {**os.environ, "PSPNET_MODEL": str(repo), "PSPNET_HOST": "127.0.0.1", "PSPNET_PORT": str(port),
-           "PSPNET_INTRA_OP_THREADS": "1", "PSPNET_WARMUP": "false"}
+           "PSPNET_INTRA_OP_THREADS": "1", "PSPNET_WARMUP": "false", **settings}
     proc = subprocess.Popen([sys.executable, "-m", "service.cli"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -41,6 +52,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         stop(proc, seconds=30)
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[str]:
+    with _serving(repo) as url:
+        yield url
 
 
 def v1_labels(server: str, model: str) -> np.ndarray:
@@ -67,6 +84,30 @@ def test_tritonclient_health_metadata_config_and_statistics(server: str) -> None
     assert client.get_server_metadata()["name"] == "pspnet-serving"
     with pytest.raises(triton.InferenceServerException, match="no model named"):
         client.get_model_metadata("gamma")
+
+
+def test_tritonclient_lists_the_repository_index(server: str) -> None:
+    """The served names, as a client discovers them: metadata names, not file names (a.onnx, b.onnx)."""
+    client = triton.InferenceServerClient(url=server)
+    index = client.get_model_repository_index()
+    assert index == [{"name": "alpha", "version": "1", "state": "READY"},
+                     {"name": "beta", "version": "1", "state": "READY"}]
+    for entry in index:  # every name listed is one the other calls take
+        assert client.is_model_ready(entry["name"], model_version=entry["version"])
+
+
+def test_tritonclient_repository_index_needs_the_token(repo: Path) -> None:
+    with _serving(repo, PSPNET_AUTH_TOKEN=TOKEN) as url:
+        client = triton.InferenceServerClient(url=url)
+        with pytest.raises(triton.InferenceServerException, match="Authorization: Bearer") as refused:
+            client.get_model_repository_index()
+        with pytest.raises(triton.InferenceServerException, match="Authorization: Bearer"):
+            client.get_model_repository_index(headers={"Authorization": "Bearer wrong-token"})
+        names = [e["name"] for e in client.get_model_repository_index(
+            headers={"Authorization": f"Bearer {TOKEN}"})]
+        assert client.is_server_ready()  # the server's own health stays open
+    assert refused.value.status() == "401"
+    assert names == ["alpha", "beta"]
 
 
 @pytest.mark.parametrize("binary", [True, False])

@@ -148,9 +148,70 @@ async def test_auth_guards_the_model_routes_not_the_probes(model: Path) -> None:
         live = await c.get("/v2/health/live")
         meta = await c.get("/v2/models/tiny")
         ok = await c.get("/v2/models/tiny", headers={"authorization": "Bearer s3cret"})
+        index = await c.post("/v2/repository/index")
+        wrong = await c.post("/v2/repository/index", headers={"authorization": "Bearer s3cre"},
+                             content=b"not even JSON")  # the token first: no 400 for the body
+        index_ok = await c.post("/v2/repository/index", headers={"authorization": "Bearer s3cret"})
     assert live.status_code == 200 and ok.status_code == 200
     assert meta.status_code == 401 and meta.headers["www-authenticate"] == "Bearer"
     assert set(meta.json()) == {"error"}
+    for refused in (index, wrong):
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert set(refused.json()) == {"error"}
+    assert index_ok.status_code == 200
+    assert index_ok.json() == [{"name": "tiny", "version": "1", "state": "READY"}]
+
+
+async def test_repository_index_lists_every_model_with_its_state(tmp_path: Path) -> None:
+    """Triton's shape: a list of name, version, state (and the reason when not READY), by name;
+    a file that is not served is UNAVAILABLE under its stem; {"ready": true} keeps the READY ones."""
+    build_tiny_artifact(tmp_path / "b.onnx", name="beta", num_classes=3)
+    build_tiny_artifact(tmp_path / "a.onnx", name="alpha", num_classes=5)
+    build_tiny_artifact(tmp_path / "g.onnx", name="gamma", num_classes=4)
+    (tmp_path / "broken.onnx").write_bytes(b"not an onnx file")
+    async with serving(tmp_path, max_consecutive_failures=1, probe_interval_s=600) as c:
+        everything = await c.post("/v2/repository/index")  # tritonclient sends no body
+        same = await c.post("/v2/repository/index", json={"ready": False})
+        empty_object = await c.post("/v2/repository/index", json={})
+        models = c._transport.app.state.service.models  # type: ignore[attr-defined]
+        models["beta"].health.failed(RuntimeError("CUDA error: an illegal memory access"))
+        models["gamma"].warmed = False  # as while it warms up
+        states = await c.post("/v2/repository/index")
+        ready = await c.post("/v2/repository/index", json={"ready": True})
+        models["gamma"].warmed = True
+    assert everything.status_code == 200 and everything.headers["content-type"] == "application/json"
+    listed = everything.json()
+    assert [e["name"] for e in listed] == ["alpha", "beta", "broken", "gamma"]
+    broken = listed.pop(2)
+    assert listed == [{"name": n, "version": "1", "state": "READY"} for n in ("alpha", "beta", "gamma")]
+    assert broken["state"] == "UNAVAILABLE" and "version" not in broken
+    assert "not a readable ONNX" in broken["reason"]
+    listed.insert(2, broken)
+    assert same.json() == listed and empty_object.json() == listed
+    by_name = {e["name"]: e for e in states.json()}
+    assert by_name["alpha"] == {"name": "alpha", "version": "1", "state": "READY"}
+    assert by_name["beta"]["state"] == "UNAVAILABLE" and "CUDA error" in by_name["beta"]["reason"]
+    assert by_name["gamma"]["state"] == "LOADING" and "warming up" in by_name["gamma"]["reason"]
+    assert ready.json() == [{"name": "alpha", "version": "1", "state": "READY"}]
+
+
+async def test_repository_index_refuses_what_is_not_an_index_request(model: Path) -> None:
+    index = "/v2/repository/index"
+    async with serving(model) as c:
+        cases = {
+            "not json": await c.post(index, content=b"{ready: true}"),
+            "not an object": await c.post(index, json=[{"ready": True}]),
+            "ready not a boolean": await c.post(index, json={"ready": "true"}),
+            "unknown member": await c.post(index, json={"ready": True, "repository_name": "x"}),
+            "too big": await c.post(index, content=b" " * 5000),
+            "GET": await c.get(index),
+        }
+    assert {k: r.status_code for k, r in cases.items()} == {
+        "not json": 400, "not an object": 400, "ready not a boolean": 400, "unknown member": 400,
+        "too big": 413, "GET": 405}
+    for r in cases.values():
+        assert r.headers["content-type"] == "application/json" and set(r.json()) == {"error"}
+    assert "repository_name" in cases["unknown member"].json()["error"]
 
 
 async def test_metrics_carry_the_model_label_for_v2(model: Path) -> None:

@@ -86,8 +86,9 @@ def test_the_bearer_scheme_is_there_only_with_a_token_and_only_on_v1(model: Path
             "bearerAuth"]["description"]}}
     secured = {p for p, ops in locked["paths"].items() for op in ops.values() if "security" in op}
     # the model routes need the token; probes, metrics, docs and /v2's server routes stay open
-    assert secured == {p for p in locked["paths"] if p.startswith(("/v1/", "/v2/models"))}
-    assert {"/v1/segment", "/v1/models", "/v1/admin/reload", "/v2/models/{name}/infer"} <= secured
+    assert secured == {p for p in locked["paths"] if p.startswith(("/v1/", "/v2/models", "/v2/repository"))}
+    assert {"/v1/segment", "/v1/models", "/v1/admin/reload", "/v2/models/{name}/infer",
+            "/v2/repository/index"} <= secured
     assert "/v1/admin/reload" not in open_doc["paths"]  # the reload route exists only with a token
 
 

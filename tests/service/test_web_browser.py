@@ -184,6 +184,37 @@ def test_errors_show_the_problem_detail_and_when_to_retry(opened: tuple[Page, Wa
     assert watch.outside == [] and watch.unexpected_errors(FAILED_LOAD) == []
 
 
+def test_a_failed_request_clears_the_previous_result(opened: tuple[Page, Watch], server: str, street: Path,
+                                                    tmp_path: Path) -> None:
+    """No old mask, legend or timings beside an input that failed: the answer, or the network."""
+    page, watch = opened
+
+    def assert_cleared(error: str) -> None:
+        expect(page.locator("#error")).to_contain_text(error)
+        expect(page.locator("#result")).to_be_hidden()
+        assert page.locator("#legend tbody tr").count() == 0
+        assert page.locator("#timings tbody tr").count() == 0
+        assert page.evaluate("(c => [c.width, c.height])(document.getElementById('output-view'))") == [0, 0]
+
+    _segment_in_page(page, server, street)
+    assert page.locator("#legend tbody tr").count() >= 2
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image at all")
+    page.set_input_files("#file", str(broken))  # a new input the server refuses (415)
+    assert_cleared("Error 415")
+
+    page.set_input_files("#file", str(street))  # a result again, then the network fails
+    expect(page.locator("#result")).to_be_visible(timeout=30_000)
+    expect(page.locator("#error")).to_be_hidden()
+    page.route("**/v1/segment*", lambda route: route.abort())
+    page.locator("#run").click()
+    assert_cleared("The request failed")
+    # the slider (hidden with the result) has nothing to repaint
+    page.locator("#opacity").dispatch_event("input")
+    assert page.evaluate("document.getElementById('output-view').width") == 0
+    assert watch.outside == [] and watch.unexpected_errors(FAILED_LOAD, "net::ERR_FAILED") == []
+
+
 def test_with_auth_on_the_token_goes_to_session_storage_only(browser: Browser, model: Path,
                                                              street: Path) -> None:
     with live_server(model, auth_token=TOKEN) as base:
