@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model.datasets import dataset_info, dataset_names
-from service.version import VersionAction
+from service.contract.version import VersionAction
 
 if TYPE_CHECKING:
     from model.export import ExportReport
@@ -207,7 +207,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from model.quantize import DEFAULT_IMAGES, QuantizeError, pick_images, quantize_artifact
-    from service.artifact import ArtifactError
+    from service.contract.artifact import ArtifactError
 
     count = DEFAULT_IMAGES if args.images is None else args.images
     if count < 1:
@@ -240,7 +240,7 @@ def _add_add_labels(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _run_add_labels(args: argparse.Namespace) -> int:
     from model.export import ExportError, add_labels
-    from service.artifact import ArtifactError
+    from service.contract.artifact import ArtifactError
 
     try:
         size = add_labels(args.model, args.output)

@@ -5,7 +5,7 @@ dynamic batch), normalises it inside, and returns ``logits`` ``[N, C, H, W]``
 at full tile resolution and ``labels`` ``[N, H, W]``, their argmax over classes
 (first class on ties; uint8, uint16 beyond 256 classes), appended to the
 exported graph by :func:`model.labels_output.add_labels_output`.
-``metadata_props["pspnet"]`` holds the :class:`service.artifact.ArtifactMeta`
+``metadata_props["pspnet"]`` holds the :class:`service.contract.artifact.ArtifactMeta`
 JSON. The exporter checks its own work: ONNX checker, then ONNX Runtime against
 eager PyTorch on a random batch of 2 (logits within tolerance; labels equal to
 PyTorch's argmax wherever the measured logit error cannot swap the two best
@@ -36,7 +36,7 @@ from torch import nn
 from model.datasets import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from model.labels_output import add_labels_output
 from model.pspnet import PSPNet
-from service.artifact import (
+from service.contract.artifact import (
     INPUT_NAME,
     LABELS_NAME,
     METADATA_KEY,
@@ -220,7 +220,7 @@ def export_onnx(model: PSPNet, meta: ArtifactMeta, path: Path | str, *, atol: fl
     raw_meta = json.dumps(meta.to_json())
     parsed = parse_meta(raw_meta)
     if parsed != meta:
-        raise ExportError("the metadata does not round-trip through service.artifact.parse_meta")
+        raise ExportError("the metadata does not round-trip through service.contract.artifact.parse_meta")
     if meta.align_corners != model.config.align_corners or meta.num_classes != model.config.num_classes:
         raise ExportError("the metadata's classes or align_corners disagree with the model")
     tile = meta.tile

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.folders import paired_files
+from service.contract.folders import paired_files
 
 __all__ = ["load_pair", "paired_files"]
 

@@ -1,8 +1,8 @@
-"""The one definition of the in-graph ``labels`` output (contract: service/artifact.py).
+"""The one definition of the in-graph ``labels`` output (contract: service/contract/artifact.py).
 
 Every writer appends it with :func:`add_labels_output`: the exporter, the
 converters, the quantiser and the tests' hand-built graphs; the service checks
-the same two nodes when it loads a file (``service.artifact``).
+the same two nodes when it loads a file (``service.contract.artifact``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from service.artifact import LABELS_NAME, ONNX_LABEL_TYPES, OUTPUT_NAME, ArtifactError, label_dtype
+from service.contract.artifact import LABELS_NAME, ONNX_LABEL_TYPES, OUTPUT_NAME, ArtifactError, label_dtype
 
 
 def add_labels_output(graph: onnx.GraphProto, num_classes: int) -> None:

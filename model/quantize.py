@@ -47,7 +47,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from model.labels_output import add_labels_output
-from service.artifact import (
+from service.contract.artifact import (
     INPUT_NAME,
     LABELS_NAME,
     METADATA_KEY,
@@ -56,7 +56,7 @@ from service.artifact import (
     parse_meta,
     read_meta,
 )
-from service.folders import IMAGE_SUFFIXES
+from service.contract.folders import IMAGE_SUFFIXES
 
 Progress = Callable[[], None]
 #: Calibration images used by default: the shipped model's ranges settle well before this
@@ -133,7 +133,7 @@ def _checked_labels(model: bytes, tiles: Sequence[np.ndarray]) -> np.ndarray:
 
 def without_labels(proto: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``proto`` without the ``labels`` output and its two nodes (Cast of ArgMax,
-    as :func:`service.artifact.read_meta` has checked); ``proto`` itself if it has none."""
+    as :func:`service.contract.artifact.read_meta` has checked); ``proto`` itself if it has none."""
     if not any(o.name == LABELS_NAME for o in proto.graph.output):
         return proto
     bare = onnx.ModelProto()

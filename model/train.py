@@ -28,7 +28,7 @@ from tqdm import tqdm
 from model.augment import AugmentConfig, augment
 from model.folder import load_pair, paired_files
 from model.pspnet import PSPNet, PSPNetConfig
-from service.scoring import confusion_matrix, scores
+from service.contract.scoring import confusion_matrix, scores
 
 log = logging.getLogger("pspnet.train")
 IGNORE = 255

@@ -15,7 +15,7 @@ weights/README.md documents, run in this process:
 3. ``pspnet-model quantize`` with the card's calibration (32 images spread over CamVid train) to
    ``pspnet_camvid_int8.onnx``, evaluated the same way;
 4. the median batch-1 ONNX Runtime time of one tile (the first val image, as
-   scripts/bench_ort_limit.py makes a tile), candidate and shipped sessions (configured as the
+   benchmarks/speed/ort_limit.py makes a tile), candidate and shipped sessions (configured as the
    server's) interleaved in one process, ``--runs`` each;
 5. ``report.md`` and ``report.json`` (raw figures), and the verdict against issue #17's criteria
    printed: val mIoU >= 67.0, float32 latency <= 1.5x the shipped one, int8 within 0.5 mIoU.
@@ -48,10 +48,10 @@ import onnxruntime as ort  # noqa: E402
 
 from model.cli import main as model_cli  # noqa: E402
 from model.convert import file_sha256  # noqa: E402
-from service.artifact import INPUT_NAME, OUTPUT_NAME, read_meta, read_outputs  # noqa: E402
 from service.cli import main as serve_cli  # noqa: E402
-from service.engine import session_options  # noqa: E402
-from service.folders import paired_files  # noqa: E402
+from service.contract.artifact import INPUT_NAME, OUTPUT_NAME, read_meta, read_outputs  # noqa: E402
+from service.contract.folders import paired_files  # noqa: E402
+from service.engine.sessions import session_options  # noqa: E402
 
 #: issue #17's acceptance criteria
 MIN_MIOU = 67.0  # CamVid val mIoU %, single scale, float32 ONNX
@@ -75,6 +75,10 @@ def shown(path: Path) -> str:
 
 def file_info(path: Path) -> dict[str, Any]:
     return {"path": shown(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def _load_module(name: str) -> Any:
+    return importlib.import_module(name)
 
 
 def _load_script(name: str) -> Any:
@@ -164,15 +168,15 @@ def latency(models: dict[str, Path], image: Path, runs: int, threads: int = 0) -
     cores are doing evenly over the models, so their ratio holds on a busy machine even where
     the absolute times do not.
     """
-    tile_from_image = _load_script("bench_ort_limit").tile_from_image
+    tile_from_image = _load_module("benchmarks.speed.ort_limit").tile_from_image
     metas = {k: read_meta(p) for k, p in models.items()}
     tiles = {m.tile for m in metas.values()}
     if len(tiles) != 1:
         raise RuntimeError(f"the models take different tiles: { {k: m.tile for k, m in metas.items()} }")
     tile = tiles.pop()
     x = np.ascontiguousarray(tile_from_image(image, tile)[None])
-    # sessions as the server makes them (service.engine: full optimisation, no spinning); logits
-    # fetched, as scripts/bench_ort_limit.py does for the card's figures
+    # sessions as the server makes them (service.engine.sessions: full optimisation, no spinning); logits
+    # fetched, as benchmarks/speed/ort_limit.py does for the card's figures
     sessions = {k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"],
                                         sess_options=session_options(threads, 1, spin=False))
                 for k, p in models.items()}

@@ -6,7 +6,7 @@
 
 The settings come from ``service.settings.Settings`` (one environment variable
 ``PSPNET_<FIELD>`` and one flag ``--<field>`` each), the metrics from a fresh
-``service.metrics.Metrics()`` registry. A document holds each table between
+``service.telemetry.metrics.Metrics()`` registry. A document holds each table between
 ``<!-- BEGIN <name> -->`` and ``<!-- END <name> -->`` markers; ``--write``
 replaces them, ``--check`` fails when they differ (tests/deploy runs it).
 """
@@ -30,8 +30,8 @@ from prometheus_client.metrics import MetricWrapperBase  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 from pydantic.fields import FieldInfo  # noqa: E402
 
-from service.metrics import Metrics  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from service.telemetry.metrics import Metrics  # noqa: E402
 
 ENV_PREFIX = "PSPNET_"
 #: suffixes a family's samples carry in the text exposition, by metric type

@@ -20,11 +20,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from service.artifact import ArtifactMeta
-from service.chain import labels_offline
-from service.engine import Engine
-from service.offline import read_image
-from service.params import resolve
+from service.contract.artifact import ArtifactMeta
+from service.engine.sessions import Engine
+from service.offline.inputs import read_image
+from service.pipeline.chain import labels_offline
+from service.pipeline.params import resolve
 from service.settings import DEFAULT_MODEL
 
 SWATCH, ROW, PAD = 14, 20, 6

@@ -1,0 +1,15 @@
+"""The server and the offline commands of the PSPNet artifact (docs/DESIGN.md, "Layout").
+
+    contract/    the seam with model/: the artifact, folders, scores, version
+    protocol/    the paper's test procedure: windows, tiles, stitching (numpy)
+    codec/       bytes <-> arrays: sniff, decode, encode, output formats
+    engine/      ONNX Runtime sessions, the cross-request batcher, admission
+    pipeline/    the one road: decode -> plan -> run tiles -> crop or stitch -> encode
+    repository/  the models served: directory, runtimes, reload, state
+    telemetry/   metrics, logs, traces
+    api/         HTTP: /v1, /v2, health, admin, web, errors, OpenAPI
+    offline/     segment (local, Ray) and evaluate
+    errors.py, settings.py, cli.py
+
+Each package's __init__ says what it may import; tests/test_structure.py holds every import to it.
+"""

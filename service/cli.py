@@ -12,40 +12,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
 
-from pydantic import ValidationError
-
-from service import logs
-from service.settings import Settings
-from service.version import VersionAction
+from service.contract.version import VersionAction
+from service.settings import add_settings_flags, settings_from
+from service.telemetry import logs
 
 COMMANDS = ("serve", "segment", "evaluate", "bench")
-
-
-def add_settings_flags(parser: argparse.ArgumentParser, *, only: tuple[str, ...] | None = None) -> None:
-    """One ``--flag`` per Settings field; unset flags leave the environment's value."""
-    for name, field in Settings.model_fields.items():
-        if only is not None and name not in only:
-            continue
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}", default=None,
-                            metavar=name.upper(),
-                            help=f"{field.description} (env PSPNET_{name.upper()})")
-
-
-def settings_from(args: argparse.Namespace) -> Settings:
-    """Settings from the environment with flags on top; a bad value exits 2 with the reason."""
-    overrides: dict[str, Any] = {k.removeprefix("setting_"): v for k, v in vars(args).items()
-                                 if k.startswith("setting_") and v is not None}
-    try:
-        return Settings(**overrides)
-    except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
-            lines.append(f"  PSPNET_{field.upper()} / --{field.replace('_', '-')}: {err['msg']}")
-        print("pspnet-serve: invalid settings:\n" + "\n".join(lines), file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def _configure_logging(level: str, fmt: logs.LogFormat = "text") -> None:
@@ -59,7 +31,7 @@ def serve(argv: list[str]) -> int:
     add_settings_flags(parser)
     settings = settings_from(parser.parse_args(argv))
     _configure_logging(settings.log_level, settings.log_format)
-    from service.repository import RepositoryError, default_model, scan
+    from service.repository.directory import RepositoryError, default_model, scan
 
     try:
         # fail before binding a port: a missing or corrupt model (or a repository with nothing
@@ -72,10 +44,10 @@ def serve(argv: list[str]) -> int:
         return 2
     import uvicorn
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     app = create_app(settings)
-    # access_log off: the middleware writes the one access line per request (service/logs.py)
+    # access_log off: the middleware writes the one access line per request (service/telemetry/logs.py)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
                             lifespan="on", log_config=logs.uvicorn_log_config(settings.log_format))
@@ -92,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     if command == "serve":
         return serve(rest)
     if command == "segment":
-        from service.offline import segment_main
+        from service.offline.segment import segment_main
 
         return segment_main(rest)
     if command == "evaluate":
-        from service.evaluate import evaluate_main
+        from service.offline.evaluate import evaluate_main
 
         return evaluate_main(rest)
     return _bench(rest)
@@ -106,7 +78,7 @@ def _bench(argv: list[str]) -> int:
     # the load generator is not part of the service (the images leave it out): it comes with
     # the `bench` extra, and its absence is a usage message, not a traceback
     try:
-        from loadtest.bench import bench_main
+        from benchmarks.load.cli import bench_main
     except ModuleNotFoundError as e:
         print(f"pspnet-serve bench: the load generator is not installed ({e.name} is missing); "
               "install it from a checkout with pip install '.[bench]'", file=sys.stderr)

@@ -7,11 +7,13 @@ server with a message naming the variable. Every field is also a flag of
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -99,3 +101,28 @@ class Settings(BaseSettings):
         if not (v.is_file() or v.is_dir()):
             raise ValueError(f"model file or directory not found: {v}")
         return v
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, *, only: tuple[str, ...] | None = None) -> None:
+    """One ``--flag`` per Settings field; unset flags leave the environment's value."""
+    for name, field in Settings.model_fields.items():
+        if only is not None and name not in only:
+            continue
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}", default=None,
+                            metavar=name.upper(),
+                            help=f"{field.description} (env PSPNET_{name.upper()})")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Settings from the environment with flags on top; a bad value exits 2 with the reason."""
+    overrides: dict[str, Any] = {k.removeprefix("setting_"): v for k, v in vars(args).items()
+                                 if k.startswith("setting_") and v is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            lines.append(f"  PSPNET_{field.upper()} / --{field.replace('_', '-')}: {err['msg']}")
+        print("pspnet-serve: invalid settings:\n" + "\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None

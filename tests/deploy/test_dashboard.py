@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
-from service.metrics import Metrics
+from service.telemetry.metrics import Metrics
 
 from .helpers import load_json, load_module, load_yaml
 
@@ -61,7 +61,7 @@ def test_every_queried_series_and_label_exists() -> None:
         assert used, f"no pspnet metric in {expr!r}"
         labels_here = set(extra)
         for name, selector in used:
-            assert name in by_series, f"{name} is not exported by service.metrics ({expr!r})"
+            assert name in by_series, f"{name} is not exported by service.telemetry.metrics ({expr!r})"
             allowed = by_series[name].query_labels | extra
             labels_here |= allowed
             for label in MATCHER.findall(selector or ""):

@@ -49,12 +49,12 @@ def test_builder_runs_the_install_script_for_its_flavour(flavour: str) -> None:
 
 
 def test_builder_copies_only_what_serving_needs(flavour: str) -> None:
-    # model/ is torch code and pspnet-model, loadtest/ the load generator: neither can or should run
+    # model/ is torch code and pspnet-model, benchmarks/load/ the load generator: neither can or should run
     # in the image; the artifacts go to /app/weights in the runtime stage, not into the wheel
     builder = next(s for s in parse_dockerfile(DOCKERFILES[flavour]) if s.name == "builder")
     copied = {src.rstrip("/") for sources, _ in copy_sources(builder) for src in sources}
     assert "service" in copied
-    assert not copied & {"model", "loadtest", "weights", "tests", "scripts"}, copied
+    assert not copied & {"model", "benchmarks", "weights", "tests", "scripts"}, copied
 
 
 def test_every_copy_source_exists_and_is_in_the_build_context(flavour: str) -> None:

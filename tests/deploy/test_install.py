@@ -103,7 +103,7 @@ def test_venv_holds_exactly_the_pins_onnxruntime_and_no_torch(venv: Path) -> Non
     extra = set(installed) - set(pins) - {"pip", "setuptools", "pspnet-serving"}
     assert not extra, f"not pinned but installed: {extra}"
     assert "torch" not in installed and "onnxruntime-gpu" not in installed
-    out = _py(venv, "import importlib.util, onnxruntime, service.app; "
+    out = _py(venv, "import importlib.util, onnxruntime, service.api.app; "
                     "print(importlib.util.find_spec('torch') is None, onnxruntime.get_available_providers())")
     assert out.startswith("True") and "CPUExecutionProvider" in out
 

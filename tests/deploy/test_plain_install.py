@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loadtest.localserver import stop
+from benchmarks.load.localserver import stop
 
 from .helpers import ROOT, free_port, http_get, wait_ready
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from model.cli import main as model_cli
 from model.quantize import pick_images, quantize_artifact
-from service.artifact import INPUT_NAME, OUTPUT_NAME, read_meta, read_outputs
+from service.contract.artifact import INPUT_NAME, OUTPUT_NAME, read_meta, read_outputs
 from tests.deploy.helpers import load_module
 from tests.model.tiny import build_tiny
 

@@ -18,7 +18,7 @@ from model.convert import file_sha256
 from model.datasets import dataset_info
 from model.pspnet import PSPNetConfig
 from model.quantize import without_labels
-from service.artifact import ArtifactMeta, read_meta, read_outputs
+from service.contract.artifact import ArtifactMeta, read_meta, read_outputs
 from tests.bounds import within
 from tests.model.tiny import TinyArtifact, build_tiny
 from tests.service.tiny_model import build_tiny_artifact

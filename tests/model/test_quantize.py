@@ -12,8 +12,8 @@ import pytest
 
 from model.cli import main
 from model.quantize import QuantizeError, calibration_tile, pick_images, quantize_artifact, without_labels
-from service.artifact import INPUT_NAME, LABELS_NAME, OUTPUT_NAME, read_meta, read_outputs
-from service.engine import Engine
+from service.contract.artifact import INPUT_NAME, LABELS_NAME, OUTPUT_NAME, read_meta, read_outputs
+from service.engine.sessions import Engine
 from tests.service.tiny_model import build_tiny_artifact
 
 TILE = (32, 48)

@@ -25,7 +25,7 @@ from PIL import Image
 from model.cli import main
 from model.convert import load_checkpoint
 from model.export import run_onnx
-from service.artifact import read_meta
+from service.contract.artifact import read_meta
 from tests.bounds import at_least, within
 from tests.recipe import MMSEG_MEAN, MMSEG_STD, REFERENCE, SEMSEG_MEAN, SEMSEG_STD, recipe_image, recipe_input
 

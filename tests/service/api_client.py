@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 
 

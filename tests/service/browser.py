@@ -1,4 +1,4 @@
-"""A real server and a real browser, for tests/service/test_web_browser.py and scripts/screenshot_demo.py.
+"""A real server and a real browser, for tests/service/api/test_web_browser.py and scripts/screenshot_demo.py.
 
 The server is ``python -m service.cli`` (uvicorn, the real app) on a free loopback port.
 The browser is Debian's ``chromium`` driven by Playwright, never one that Playwright

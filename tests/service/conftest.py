@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.engine import Engine
+from service.engine.sessions import Engine
 from tests.service.tiny_model import build_tiny_artifact
 
 
@@ -41,5 +41,5 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # test_cuda_real.py: the real CUDA provider, run by scripts/gpu_check.sh (`pytest -m gpu`)
+    # test_cuda_real.py: the real CUDA provider, run by benchmarks/gpu_check.sh (`pytest -m gpu`)
     config.addinivalue_line("markers", "gpu: needs onnxruntime-gpu, an NVIDIA GPU and PSPNET_GPU_TESTS=1")

@@ -11,7 +11,7 @@ the service did before the banded stitch.
 groups), for images where the whole (H, W, C) array does not fit in memory. It
 equals the oracle because OpenCV's bilinear resize treats every channel alone
 and takes the same code path for any group of 5 to 128 channels
-(tests/service/test_tiling.py, ``test_resize_beyond_cv2s_channel_limit...``);
+(tests/service/protocol/test_plan.py, ``test_resize_beyond_cv2s_channel_limit...``);
 groups are cut inside OpenCV's own channel ranges, and ranges of 4 channels or
 fewer (IPP) are not cut at all.
 """
@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.resize import channel_chunks, resize_linear
-from service.stitch_probs import scale_probs_hwc
-from service.tiling import TilePlan, label_dtype, stitch_float64
+from service.contract.artifact import label_dtype
+from service.protocol.plan import TilePlan
+from service.protocol.probs import scale_probs_hwc
+from service.protocol.resize import channel_chunks, resize_linear
+from service.protocol.stitch import stitch_float64
 
 #: classes per group of the grouped oracle (8 bytes x group per image pixel, twice)
 GROUP = 16

@@ -16,8 +16,9 @@ from pathlib import Path
 import onnxruntime
 import pytest
 
-from service import offline, version
 from service.cli import main
+from service.contract import version
+from service.offline import segment as offline
 from tests.service.api_client import png_bytes
 from tests.service.bulk_files import tree
 

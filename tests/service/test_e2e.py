@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loadtest.localserver import free_port, wait_ready
+from benchmarks.load.localserver import free_port, wait_ready
 from tests.service.api_client import png_bytes
 from tests.service.tiny_model import build_tiny_artifact
 

@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from model.labels_output import add_labels_output
-from service.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ArtifactMeta, Protocol
+from service.contract.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ArtifactMeta, Protocol
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)

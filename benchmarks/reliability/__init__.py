@@ -1,0 +1,2 @@
+"""Overload and memory runs against a real server (RELIABILITY.md).
+"""

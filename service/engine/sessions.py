@@ -1,0 +1,360 @@
+"""ONNX Runtime sessions for one artifact: provider choice, IO binding, warm-up.
+
+The engine knows nothing of requests or batching: it runs batches of at most
+``max_batch`` same-shape tiles, ``(N, 3, H, W)`` float32 in, and returns the
+outputs asked for: :meth:`Engine.run` the ``(N, C, H, W)`` float32 logits,
+:meth:`Engine.run_outputs` any of :attr:`Engine.outputs` (``labels``
+``(N, H, W)`` uint8/uint16 when the artifact has it: on a GPU a labels-only
+batch copies one byte a pixel back to the host instead of 4 x classes).
+
+Execution layout: ``sessions`` ONNX Runtime sessions of the same artifact, each
+with its own lock (and IO binding), so that as many batches can run at once;
+:meth:`Engine.runners` gives the batcher one runner per session. Intra-op
+threads ``0`` (auto) means ORT's own default with one session, else the cores
+this process may use divided among the sessions (:func:`intra_op_threads_for`).
+The offline commands call :meth:`Engine.run` directly (session 0).
+
+Provider policy (docs/DESIGN.md "Service", CUDA):
+- ``"cpu"``: CPU, nothing else is tried.
+- ``"auto"``: CUDA when this onnxruntime build has it, else CPU (no warning:
+  a CPU-only install on a laptop is the expected case).
+- ``"cuda"``: CUDA; if it is missing or fails to start, a WARNING and CPU.
+Whenever CUDA was tried and CPU is what runs, :attr:`Engine.fallback_reason`
+says why and readiness reports it. :attr:`Engine.provider` is read back from
+the session after creation, never taken from the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from service.contract.artifact import (
+    INPUT_NAME,
+    LABELS_NAME,
+    OUTPUT_NAME,
+    ArtifactError,
+    ArtifactMeta,
+    label_dtype,
+    read_meta,
+)
+
+log = logging.getLogger("service.engine")  # the name log lines had
+
+ProviderChoice = Literal["auto", "cuda", "cpu"]
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+Tiles = npt.NDArray[np.float32]
+#: the outputs of the artifact contract the engine can fetch, in the order it lists them
+KNOWN_OUTPUTS = (OUTPUT_NAME, LABELS_NAME)
+#: numpy dtype of each ONNX Runtime tensor type an output of the contract may have
+_ORT_DTYPES: dict[str, type[np.generic]] = {
+    "tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16}
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one; not a cgroup quota)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def intra_op_threads_for(setting: int, sessions: int, cores: int | None = None) -> int:
+    """Intra-op threads for each of ``sessions`` sessions; ``0`` is ONNX Runtime's own default.
+
+    A positive ``setting`` is taken as it is (per session). ``0`` (auto) keeps ORT's default, one
+    thread per physical core, when there is one session, and gives each of several sessions
+    ``cores // sessions`` threads (at least 1), so that together they do not oversubscribe the cores.
+    """
+    if setting < 0 or sessions < 1:
+        raise ValueError(f"need intra-op threads >= 0 and sessions >= 1, not {setting} and {sessions}")
+    if setting > 0 or sessions == 1:
+        return setting
+    return max(1, (cores if cores is not None else usable_cores()) // sessions)
+
+
+def cuda_options(device_id: int) -> dict[str, str]:
+    """CUDA provider options. Values are strings: ORT parses them itself."""
+    return {
+        "device_id": str(device_id),
+        # Exhaustive search benchmarks every conv algorithm for every new input shape, i.e.
+        # once per batch size: seconds of warm-up each and a memory spike. The heuristic pick
+        # costs nothing and every shape is fixed anyway.
+        "cudnn_conv_algo_search": "HEURISTIC",
+        # Host<->device copies on the compute stream: they are ordered with the kernels, so IO
+        # binding needs no extra synchronisation.
+        "do_copy_in_default_stream": "1",
+        # Let cuDNN use as much workspace as the fastest algorithm wants.
+        "cudnn_conv_use_max_workspace": "1",
+    }
+
+
+def session_options(intra_op_threads: int, inter_op_threads: int, *,
+                    spin: bool = False) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if intra_op_threads > 0:  # 0 keeps ORT's default: one thread per physical core
+        so.intra_op_num_threads = intra_op_threads
+    # ORT's intra-op threads busy-wait for work by default. In a server they share the
+    # cores with decode, stitch, encode and HTTP, and a thread spinning between (or after)
+    # runs takes the CPU those need; a preempted peer makes it spin longer still. Measured
+    # on the 2-core benchmark machine, default CamVid model, mode=whole (BENCHMARKS.md):
+    # without spinning the server used 240-264 ms of CPU per request instead of 248-335,
+    # and p99 at concurrency 1 was 167-204 ms instead of 240-280.
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if inter_op_threads > 0:
+        so.inter_op_num_threads = inter_op_threads
+    # Independent branches (the four pyramid-pooling bins) can only run concurrently in
+    # parallel mode; asking for more than one inter-op thread means asking for that.
+    so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if inter_op_threads > 1
+                         else ort.ExecutionMode.ORT_SEQUENTIAL)
+    return so
+
+
+@dataclass
+class _Session:
+    """One ONNX Runtime session of the engine, its IO binding (CUDA only) and the lock that serialises it."""
+
+    session: Any
+    binding: Any
+    lock: threading.Lock
+
+
+class Engine:
+    """``sessions`` ONNX Runtime sessions of one artifact; each one runs one batch at a time."""
+
+    def __init__(self, path: Path, *, provider: ProviderChoice = "auto", intra_op_threads: int = 0,
+                 inter_op_threads: int = 0, max_batch: int = 8, device_id: int = 0,
+                 spin: bool = False, sessions: int = 1) -> None:
+        if provider not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"provider must be auto, cuda or cpu, not {provider!r}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        if sessions < 1:
+            raise ValueError(f"sessions must be at least 1, not {sessions}")
+        self.path = path
+        self.meta: ArtifactMeta = read_meta(path)
+        self.max_batch = max_batch
+        self.requested_provider: ProviderChoice = provider
+        self.fallback_reason: str | None = None
+        self.warmup_seconds: float | None = None
+        self.ready = False
+        self._cuda_attempted = False
+        self.intra_op_threads = intra_op_threads_for(intra_op_threads, sessions)
+        so = session_options(self.intra_op_threads, inter_op_threads, spin=spin)
+        first = self._create_session(provider, so, device_id)
+        # The truth, whatever was asked: ORT may have dropped a provider it could not start.
+        self.provider: str = str(first.get_providers()[0])
+        if self.provider != CUDA and self._cuda_attempted and not self.fallback_reason:
+            self.fallback_reason = (f"{CUDA} did not start (see the onnxruntime log above); "
+                                    f"running on {self.provider}")
+        if self.fallback_reason:
+            log.warning("CUDA FALLBACK: %s", self.fallback_reason)
+        self._dtypes = self._check_outputs(first)
+        #: the contract's outputs this artifact has, e.g. ("logits",) or ("logits", "labels")
+        self.outputs: tuple[str, ...] = tuple(self._dtypes)
+        # Every further session on what the first one runs on: the fallback is decided once.
+        providers: list[Any] = [(CUDA, cuda_options(device_id)), CPU] if self.provider == CUDA else [CPU]
+        made = [first]
+        for i in range(1, sessions):
+            s = self._session_with(providers, so)
+            if str(s.get_providers()[0]) != self.provider:
+                raise RuntimeError(f"session {i} of {path.name} came up on {s.get_providers()[0]}, "
+                                   f"session 0 on {self.provider}")
+            made.append(s)
+        self._sessions = [_Session(s, s.io_binding() if self.provider == CUDA else None, threading.Lock())
+                          for s in made]
+        log.info("engine: %s on %s (requested %s), tile %s, %d classes, outputs %s, max batch %d, "
+                 "%d session(s) x %s intra-op threads", path.name, self.provider, provider, self.meta.tile,
+                 self.meta.num_classes, ", ".join(self.outputs), max_batch, sessions,
+                 self.intra_op_threads or "default")
+
+    @property
+    def tile(self) -> tuple[int, int]:
+        return self.meta.tile
+
+    @property
+    def num_classes(self) -> int:
+        return self.meta.num_classes
+
+    @property
+    def sessions(self) -> int:
+        return len(self._sessions)
+
+    def runners(self) -> list[SessionRunner]:
+        """One runner per session, for :class:`service.engine.batcher.TileBatcher` (one worker each)."""
+        return [SessionRunner(self, i) for i in range(self.sessions)]
+
+    def _create_session(self, provider: ProviderChoice, so: ort.SessionOptions, device_id: int) -> Any:
+        available = ort.get_available_providers()
+        self._cuda_attempted = provider != "cpu" and CUDA in available
+        if provider == "cuda" and CUDA not in available:
+            self.fallback_reason = (f"{CUDA} was requested but this onnxruntime build offers only "
+                                    f"{', '.join(available)} (install the gpu extra, onnxruntime-gpu)")
+        if self._cuda_attempted:
+            try:
+                return self._session_with([(CUDA, cuda_options(device_id)), CPU], so)
+            except Exception as e:  # ORT raises RuntimeError/ValueError/its own Fail types
+                self.fallback_reason = f"{CUDA} failed to start: {e}"
+        return self._session_with([CPU], so)
+
+    def _session_with(self, providers: list[Any], so: ort.SessionOptions) -> Any:
+        session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+        # ORT's own fallback prints to stdout and, on a failed run, silently moves the session
+        # to CPU for good; we decide fallbacks here, once, and log them properly.
+        if hasattr(session, "disable_fallback"):
+            session.disable_fallback()
+        return session
+
+    def _check_outputs(self, session: Any) -> dict[str, type[np.generic]]:
+        """The contract's outputs the session has, with their dtypes, checked against the metadata."""
+        outs = {o.name: o for o in session.get_outputs()}
+        logits = outs.get(OUTPUT_NAME)
+        if logits is None:
+            raise ArtifactError(f"{self.path} has no output {OUTPUT_NAME!r}")
+        channels = logits.shape[1] if len(logits.shape) == 4 else None
+        if isinstance(channels, int) and channels != self.meta.num_classes:
+            raise ArtifactError(f"{self.path}: {OUTPUT_NAME!r} has {channels} channels but the metadata "
+                                f"names {self.meta.num_classes} classes")
+        want = {OUTPUT_NAME: np.float32, LABELS_NAME: label_dtype(self.meta.num_classes)}
+        dtypes: dict[str, type[np.generic]] = {}
+        for name in KNOWN_OUTPUTS:
+            if name not in outs:
+                continue
+            dtype = _ORT_DTYPES.get(outs[name].type)
+            if dtype is not want[name]:
+                raise ArtifactError(f"{self.path}: output {name!r} is {outs[name].type}, expected "
+                                    f"{np.dtype(want[name]).name}")
+            dtypes[name] = dtype
+        return dtypes
+
+    def _check_input(self, tiles: Tiles) -> None:
+        h, w = self.meta.tile
+        if not isinstance(tiles, np.ndarray) or tiles.dtype != np.float32:
+            raise TypeError("tiles must be a float32 numpy array")
+        if tiles.ndim != 4 or tiles.shape[1:] != (3, h, w):
+            raise ValueError(f"tiles must be (N, 3, {h}, {w}), got {tiles.shape}")
+        if not 1 <= tiles.shape[0] <= self.max_batch:
+            raise ValueError(f"batch of {tiles.shape[0]} tiles; this engine runs 1..{self.max_batch}")
+
+    def _check_names(self, names: Sequence[str]) -> tuple[str, ...]:
+        wanted = tuple(names)
+        if isinstance(names, str) or not wanted or len(set(wanted)) != len(wanted):
+            raise ValueError(f"name one or more distinct outputs, not {names!r}")
+        missing = [n for n in wanted if n not in self.outputs]
+        if missing:
+            raise ValueError(f"{self.path.name} has no output {', '.join(map(repr, missing))}; "
+                             f"it has {', '.join(self.outputs)}")
+        return wanted
+
+    def _slot(self, session: int) -> _Session:
+        if not 0 <= session < len(self._sessions):
+            raise ValueError(f"session {session}: this engine has sessions 0..{len(self._sessions) - 1}")
+        return self._sessions[session]
+
+    def run(self, tiles: Tiles, *, session: int = 0) -> Tiles:
+        """Logits ``(N, C, H, W)`` for ``tiles`` ``(N, 3, H, W)``, ``1 <= N <= max_batch``."""
+        logits: Tiles = self.run_outputs(tiles, (OUTPUT_NAME,), session=session)[OUTPUT_NAME]
+        return logits
+
+    def run_outputs(self, tiles: Tiles, names: Sequence[str], *,
+                    session: int = 0) -> dict[str, npt.NDArray[Any]]:
+        """The outputs ``names`` (of :attr:`outputs`) for ``tiles``, on session ``session``.
+
+        Only those outputs are fetched: ``logits`` ``(N, C, H, W)`` float32, ``labels``
+        ``(N, H, W)`` uint8 (uint16 beyond 256 classes). Every call returns fresh arrays.
+        """
+        wanted = self._check_names(names)
+        self._check_input(tiles)
+        slot = self._slot(session)
+        tiles = np.ascontiguousarray(tiles)
+        with slot.lock:
+            if slot.binding is None:
+                outs = slot.session.run(list(wanted), {INPUT_NAME: tiles})
+                return {n: np.asarray(o, dtype=self._dtypes[n]) for n, o in zip(wanted, outs, strict=True)}
+            return self._run_bound(slot, tiles, wanted)
+
+    def _run_bound(self, slot: _Session, tiles: Tiles, names: tuple[str, ...]) -> dict[str, npt.NDArray[Any]]:
+        # IO binding: ORT copies the input host->device and writes each bound output straight into
+        # our host buffer, one copy each way, with device memory from its arena (no per-call
+        # cudaMalloc once warm). Only the outputs asked for are bound, so only they come down (labels
+        # alone: one byte per pixel instead of 4 x classes). Host buffers are fresh per call because
+        # callers keep them.
+        n, _, h, w = tiles.shape
+        shapes = {OUTPUT_NAME: (n, self.meta.num_classes, h, w), LABELS_NAME: (n, h, w)}
+        b = slot.binding
+        b.bind_cpu_input(INPUT_NAME, tiles)
+        b.clear_binding_outputs()  # outputs bound by an earlier call must not come down again
+        out: dict[str, npt.NDArray[Any]] = {}
+        for name in names:
+            buf = np.empty(shapes[name], dtype=self._dtypes[name])
+            b.bind_output(name, "cpu", 0, buf.dtype.type, list(buf.shape), buf.ctypes.data)
+            out[name] = buf
+        slot.session.run_with_iobinding(b)
+        return out
+
+    def warmup(self, batch_sizes: Iterable[int] | None = None) -> float:
+        """Run every batch size once (default 1..max_batch) on every session and mark the engine ready.
+
+        The first run of a shape pays for memory planning and, on CUDA, kernel and
+        algorithm selection; doing it here keeps that out of every request's latency.
+        Sessions warm up at the same time, each in its own thread, fetching every output.
+        Returns (and records) the seconds it took.
+        """
+        sizes = sorted(set(batch_sizes)) if batch_sizes is not None else list(range(1, self.max_batch + 1))
+        if any(not 1 <= n <= self.max_batch for n in sizes):
+            raise ValueError(f"warm-up batch sizes must be within 1..{self.max_batch}, got {sizes}")
+        h, w = self.meta.tile
+        grey = np.full((max(sizes, default=1), 3, h, w), 128.0, dtype=np.float32)
+
+        def warm(session: int) -> None:
+            for n in sizes:
+                self.run_outputs(grey[:n], self.outputs, session=session)
+
+        t0 = time.perf_counter()
+        if self.sessions == 1:
+            warm(0)
+        else:
+            with ThreadPoolExecutor(self.sessions, thread_name_prefix="pspnet-warmup") as pool:
+                list(pool.map(warm, range(self.sessions)))  # list(): re-raise a failure here
+        self.warmup_seconds = time.perf_counter() - t0
+        self.ready = True
+        log.info("engine warm: batch sizes %s on %d session(s) in %.2f s on %s", sizes, self.sessions,
+                 self.warmup_seconds, self.provider)
+        return self.warmup_seconds
+
+    def describe(self) -> dict[str, Any]:
+        """What readiness and the models endpoint report about the runtime."""
+        return {"provider": self.provider, "requested_provider": self.requested_provider,
+                "fallback_reason": self.fallback_reason, "ready": self.ready,
+                "max_batch": self.max_batch, "warmup_seconds": self.warmup_seconds,
+                "sessions": self.sessions, "intra_op_threads": self.intra_op_threads,
+                "outputs": list(self.outputs)}
+
+
+@dataclass(frozen=True)
+class SessionRunner:
+    """One session of an engine as a batcher runner: ``runner(tiles, names) -> {name: rows}``."""
+
+    engine: Engine
+    session: int
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.engine.outputs
+
+    def __call__(self, tiles: Tiles, names: tuple[str, ...]) -> dict[str, npt.NDArray[Any]]:
+        return self.engine.run_outputs(tiles, names, session=self.session)

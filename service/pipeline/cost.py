@@ -1,0 +1,65 @@
+"""What a request will cost in memory, known from the image header before decoding, and the budget.
+
+:func:`request_peak_bytes` adds up the arrays the chain keeps alive at the
+worst moment of each stage, from the header's width and height, the mode,
+scales and the model's class count and tile; :class:`MemoryBudget` admits a
+request only while the requests in flight plus this one fit
+``PSPNET_MAX_MEMORY_MB``. Bytes per input pixel, per stage (P = width x height):
+
+* decode: the upload, Pillow's frame (4 bytes a pixel for RGB), the RGB array
+  and, with EXIF rotation, one more copy: at most ``DECODE_BYTES_PER_PIXEL``;
+* plan: the RGB array, its float32 copy (12), each scale's resized float image
+  and mean-padded canvas, and the tiles (3 x tile x 4 bytes each);
+* run and stitch: the RGB array, the tiles and the stitcher's peak
+  (:func:`service.protocol.peak_bytes.stitch_peak_bytes`: every tile's logits, C x tile x 4
+  bytes each, its own temporaries, which follow the working resolution and the
+  classes, never P x C, and the labels);
+* encode: the RGB array, the labels and, for an overlay, the colour image, the
+  blend and Pillow's copy.
+
+The figures are upper bounds checked against measured peaks (tests/service/
+test_memory.py; RELIABILITY.md "Memory per request").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from service.protocol.peak_bytes import stitch_peak_bytes
+from service.protocol.windows import ScaleGeometry, count_tiles
+
+#: Pillow's frame, the RGB array, an orientation copy, and mode conversions of 8-bit inputs
+DECODE_BYTES_PER_PIXEL = 16
+#: what an overlay holds besides the RGB array: colours (3), blend (3), Pillow's RGB frame (4), JPEG/PNG
+OVERLAY_BYTES_PER_PIXEL = 14
+#: a colour or label PNG: Pillow's frame and the compressed stream (at most about the raw size)
+PNG_BYTES_PER_PIXEL = 4
+F32 = 4
+#: what the process's RSS grows by beyond the arrays counted: the allocator's arenas and unreturned
+#: pages, Pillow's and the encoder's buffers. Measured RSS growth / sum of the arrays, one request at a
+#: time (RELIABILITY.md "Memory per request"): up to 1.18 (CamVid 4000x3000 multiscale); so 1.25.
+RSS_FACTOR = 1.25
+
+
+def request_peak_bytes(height: int, width: int, geometry: Sequence[ScaleGeometry], *, num_classes: int,
+                       tile: tuple[int, int], output: str, body_bytes: int = 0) -> int:
+    """An upper bound of the bytes one request holds at its peak, from sizes alone."""
+    pixels = height * width
+    label_bytes = pixels * (1 if num_classes <= 256 else 2)
+    rgb = pixels * 3
+    th, tw = tile
+    tiles = count_tiles(geometry) * 3 * th * tw * F32
+    # the float copy of the whole image, then per scale its resize and its padded canvas
+    widest_scale = max((g.size[0] * g.size[1] + g.canvas[0] * g.canvas[1]) * 3 * F32 for g in geometry)
+    stages = {
+        "decode": pixels * DECODE_BYTES_PER_PIXEL,
+        "plan": rgb + pixels * 3 * F32 + widest_scale + tiles,
+        # the stitcher's figure counts every tile's logits and its labels
+        "stitch": rgb + tiles + stitch_peak_bytes(geometry, (height, width), num_classes, tile),
+        "encode": rgb + label_bytes + pixels * (OVERLAY_BYTES_PER_PIXEL if output == "overlay"
+                                                 else PNG_BYTES_PER_PIXEL),
+    }
+    return body_bytes + math.ceil(RSS_FACTOR * max(stages.values()))
+
+
