@@ -162,7 +162,7 @@ def timed(fn):
 
 
 engine = Engine(model, provider="cuda", max_batch=max(SIZES))
-assert engine.provider == CUDA, engine.describe()
+assert engine.provider == CUDA, (engine.provider, engine.fallback_reason)
 engine.warmup()
 h, w = engine.tile
 classes = engine.num_classes

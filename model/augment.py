@@ -3,6 +3,8 @@
 Random scale (0.5-2.0), random rotation (-10..10 degrees), mirror, Gaussian
 blur, then a random crop; padding takes the mean colour in the image and the
 ignore label in the label map. Pure numpy/OpenCV on HWC uint8 images.
+
+Tested by tests/model/test_train.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """``pspnet-model``: train, convert and export PSPNet checkpoints; quantise artifacts to int8;
-add the ``labels`` output to artifacts exported before it existed."""
+add the ``labels`` output to artifacts exported before it existed.
+
+Tested by tests/model/test_train.py, tests/model/test_convert_cli.py, tests/model/test_export.py,
+tests/model/test_quantize.py and tests/model/test_cli_version.py (each command through main).
+"""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ from service.contract.artifact import (
     OUTPUT_NAME,
     ArtifactError,
     ArtifactMeta,
-    Protocol,
+    InferenceProtocol,
     parse_meta,
     read_meta,
     read_outputs,
@@ -101,8 +101,8 @@ def artifact_meta(model: PSPNet, info: DatasetInfo, *, name: str, source: dict[s
     if model.config.num_classes != info.num_classes:
         raise ValueError(f"the model has {model.config.num_classes} classes, {info.name} has "
                          f"{info.num_classes}")
-    protocol = Protocol(mode=info.mode, base_size=info.base_size, scales=info.scales,  # type: ignore[arg-type]
-                        stride_rate=info.stride_rate, flip=info.flip)
+    protocol = InferenceProtocol(mode=info.mode, base_size=info.base_size,  # type: ignore[arg-type]
+                                 scales=info.scales, stride_rate=info.stride_rate, flip=info.flip)
     return ArtifactMeta(
         name=name, dataset=info.name, classes=info.classes, palette=info.palette,
         tile=tile or info.tile, mean=mean, std=std, align_corners=model.config.align_corners,

@@ -1,4 +1,7 @@
-"""Image/label folder pairs (e.g. CamVid ``train/`` + ``trainannot/``)."""
+"""Image/label folder pairs (e.g. CamVid ``train/`` + ``trainannot/``).
+
+Tested by tests/model/test_train.py (training on synthetic folder pairs).
+"""
 
 from __future__ import annotations
 

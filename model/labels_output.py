@@ -3,6 +3,9 @@
 Every writer appends it with :func:`add_labels_output`: the exporter, the
 converters, the quantiser and the tests' hand-built graphs; the service checks
 the same two nodes when it loads a file (``service.contract.artifact``).
+
+Tested by tests/service/contract/test_artifact.py (the service's check of the two nodes) and
+tests/model/test_export.py.
 """
 
 from __future__ import annotations

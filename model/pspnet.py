@@ -3,6 +3,9 @@
 Module names mirror the official hszhao/semseg checkpoints (``ppm.features``,
 ``cls``, ``aux``) with the backbone nested under ``backbone``; the converters in
 :mod:`model.convert` map both published layouts onto these names.
+
+Tested by tests/model/test_pyramid_pooling.py, tests/model/test_backbone.py and
+tests/model/test_export.py.
 """
 
 from __future__ import annotations

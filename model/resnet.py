@@ -10,6 +10,8 @@ Two published layouts are expressible with the same modules:
 Both put the stride on the 3x3 convolution ("ResNet v1.5"). Module names follow
 the official checkpoints (``layer0`` .. ``layer4``, ``conv1``/``bn1`` ...), so an
 official state dict loads with nothing but its ``module.`` prefix removed.
+
+Tested by tests/model/test_backbone.py.
 """
 
 from __future__ import annotations

@@ -20,11 +20,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from service.codec.decode import NO_LIMITS
 from service.contract.artifact import ArtifactMeta
 from service.engine.sessions import Engine
 from service.offline.inputs import read_image
-from service.pipeline.chain import labels_offline
+from service.pipeline.chain import Chain
 from service.pipeline.params import resolve
+from service.pipeline.runner import EngineRunner
 from service.settings import DEFAULT_MODEL
 
 SWATCH, ROW, PAD = 14, 20, 6
@@ -92,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     meta = engine.meta
     params = resolve(meta.protocol, mode=args.mode, flip=args.flip, scales=None, max_scales=32)
     args.out.mkdir(parents=True, exist_ok=True)
+    chain, runner = Chain(meta, NO_LIMITS), EngineRunner(engine, 4)
     pictures = []
     for path in tqdm(args.images, desc="render", unit="img"):
         rgb = read_image(path).rgb
-        labels = labels_offline(meta, engine.run, rgb, params, max_batch=4)
+        labels, _ = chain.labels_now(rgb, params, runner=runner)
         pic = picture(meta, rgb, labels, args.style, args.scale)
         pic.save(args.out / f"{path.stem}.png")
         pictures.append(pic)

@@ -4,7 +4,7 @@ Pure Python, no web framework: the codecs, the batcher and the engine raise
 these, and the HTTP layer turns any exception into a response in one place
 with :func:`problem_body`, :func:`status_of` and :meth:`ServiceError.headers`.
 Each class gets its status, title and type from the single table
-:data:`PROBLEMS`; subclasses inherit their parent's row.
+:data:`PROBLEM_TYPES`; subclasses inherit their parent's row.
 
 An exception that is not a :class:`ServiceError` is a bug, not a client
 mistake: its body is a bare 500 that carries the request id and nothing of
@@ -26,9 +26,17 @@ PROBLEM_TYPE_PREFIX = "urn:problem-type:pspnet:"
 INTERNAL_DETAIL = "The server failed to handle this request; quote the request id when reporting it."
 
 
+CLIENT_CLOSED = 499  # nginx's status for a client that went away: logged, never sent
+
+
+class ClientGone(Exception):
+    """The client hung up before its answer was ready (its queued tiles were dropped): answered
+    with a bodiless 499 that only the access line and the metrics see. Not a problem body."""
+
+
 @dataclass(frozen=True)
-class Problem:
-    """One row of the table: what a class of error looks like on the wire."""
+class ProblemType:
+    """One row of the table, an RFC 9457 problem type: what a class of error looks like on the wire."""
 
     status: int
     title: str
@@ -57,12 +65,12 @@ class ServiceError(Exception):
         super().__init__(self.detail)
 
     @property
-    def problem(self) -> Problem:
-        return problem_of(type(self))
+    def problem_type(self) -> ProblemType:
+        return problem_type_of(type(self))
 
     @property
     def status(self) -> int:
-        return self.problem.status
+        return self.problem_type.status
 
     def headers(self) -> dict[str, str]:
         """Extra response headers: ``Retry-After`` in whole seconds, at least 1."""
@@ -118,26 +126,26 @@ class DeadlineExceeded(ServiceError):
 
 # The one table. Titles are per type, never per occurrence (RFC 9457 3.1.3);
 # what happened this time goes in "detail".
-PROBLEMS: dict[type[ServiceError], Problem] = {
-    ServiceError: Problem(500, "Internal Server Error", "internal"),
-    BadRequest: Problem(400, "Bad Request", "bad-request"),
-    Unauthorized: Problem(401, "Unauthorized", "unauthorized"),
-    NotFound: Problem(404, "Not Found", "not-found"),
-    Conflict: Problem(409, "Conflict", "conflict"),
-    PayloadTooLarge: Problem(413, "Content Too Large", "too-large"),
-    UnsupportedMediaType: Problem(415, "Unsupported Media Type", "unsupported-media-type"),
-    UndecodableImage: Problem(422, "Undecodable Image", "undecodable-image"),
-    Overloaded: Problem(503, "Overloaded", "overloaded"),
-    NotReady: Problem(503, "Not Ready", "not-ready"),
-    DeadlineExceeded: Problem(504, "Deadline Exceeded", "deadline-exceeded"),
+PROBLEM_TYPES: dict[type[ServiceError], ProblemType] = {
+    ServiceError: ProblemType(500, "Internal Server Error", "internal"),
+    BadRequest: ProblemType(400, "Bad Request", "bad-request"),
+    Unauthorized: ProblemType(401, "Unauthorized", "unauthorized"),
+    NotFound: ProblemType(404, "Not Found", "not-found"),
+    Conflict: ProblemType(409, "Conflict", "conflict"),
+    PayloadTooLarge: ProblemType(413, "Content Too Large", "too-large"),
+    UnsupportedMediaType: ProblemType(415, "Unsupported Media Type", "unsupported-media-type"),
+    UndecodableImage: ProblemType(422, "Undecodable Image", "undecodable-image"),
+    Overloaded: ProblemType(503, "Overloaded", "overloaded"),
+    NotReady: ProblemType(503, "Not Ready", "not-ready"),
+    DeadlineExceeded: ProblemType(504, "Deadline Exceeded", "deadline-exceeded"),
 }
 
 
-def problem_of(cls: type[ServiceError]) -> Problem:
+def problem_type_of(cls: type[ServiceError]) -> ProblemType:
     """The row for ``cls`` or its nearest ancestor in the table."""
     for base in cls.__mro__:
-        if issubclass(base, ServiceError) and base in PROBLEMS:
-            return PROBLEMS[base]
+        if issubclass(base, ServiceError) and base in PROBLEM_TYPES:
+            return PROBLEM_TYPES[base]
     raise TypeError(f"{cls!r} is not a ServiceError")
 
 
@@ -153,10 +161,10 @@ def problem_body(exc: BaseException, *, request_id: str, instance: str | None = 
     path); ``request_id`` is an extension member so a client can quote it.
     """
     if isinstance(exc, ServiceError):
-        problem, detail = exc.problem, exc.detail
+        kind, detail = exc.problem_type, exc.detail
     else:  # a bug: say nothing about it
-        problem, detail = PROBLEMS[ServiceError], INTERNAL_DETAIL
-    return _body(problem.type, problem.title, problem.status, detail, request_id, instance)
+        kind, detail = PROBLEM_TYPES[ServiceError], INTERNAL_DETAIL
+    return _body(kind.type, kind.title, kind.status, detail, request_id, instance)
 
 
 def http_problem(

@@ -3,6 +3,10 @@
 Built in ``main`` (never at import) and validated there: a bad value stops the
 server with a message naming the variable. Every field is also a flag of
 ``pspnet-serve`` (``--max-batch`` for ``PSPNET_MAX_BATCH`` ...).
+
+Tested by tests/deploy/test_reference_tables.py (every field and default documented),
+tests/service/test_e2e.py (a bad setting stops the server) and tests/service/telemetry/test_logs.py
+(a setting from the environment).
 """
 
 from __future__ import annotations

@@ -47,8 +47,9 @@ from model.convert import load_checkpoint  # noqa: E402
 from service.codec.decode import decode_image  # noqa: E402
 from service.contract.artifact import MULTISCALE  # noqa: E402
 from service.engine.sessions import Engine  # noqa: E402
-from service.pipeline.chain import make_plan, run_chunked  # noqa: E402
+from service.pipeline.chain import prepare  # noqa: E402
 from service.pipeline.params import InferenceParams  # noqa: E402
+from service.pipeline.runner import EngineRunner  # noqa: E402
 from service.protocol.stitch import stitch_labels  # noqa: E402
 
 # -- the reference procedure --------------------------------------------------------------------------
@@ -133,9 +134,9 @@ def ours(engine: Engine, rgb: np.ndarray, params: InferenceParams, base_size: in
     # the request's base size replaces the artifact's (480 for CamVid) so scale 1.0 is full size
     meta_big = dataclasses.replace(meta, protocol=dataclasses.replace(meta.protocol, base_size=base_size))
     t0 = time.perf_counter()
-    plan = make_plan(meta_big, rgb, params)
+    plan = prepare(meta_big, rgb, params, ("logits",)).plan
     t1 = time.perf_counter()
-    logits = run_chunked(engine.run, plan.tiles, max_batch)
+    logits = EngineRunner(engine, max_batch).run(plan.tiles)
     t2 = time.perf_counter()
     labels = stitch_labels(plan, logits)
     t3 = time.perf_counter()

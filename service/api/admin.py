@@ -2,6 +2,8 @@
 
 Mounted only when ``PSPNET_AUTH_TOKEN`` is set, and it requires the token: an
 unauthenticated way to make the server load files would be an attack surface.
+
+Tested by tests/service/repository/test_reload.py (the reload route, token only).
 """
 
 from __future__ import annotations

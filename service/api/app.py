@@ -7,7 +7,8 @@ the lifespan; each concern lives in its own module.
 - service/api/admin.py: /v1/admin/reload (only with a token)
 - service/api/web.py: the page at / and the offline /docs
 - service/api/problems.py: every error as a response; service/api/uploads.py: reading bodies
-- service/repository/state.py: what lives between requests; service/repository/reload.py: the repository's (re)load
+- service/repository/state.py: what lives between requests;
+  service/repository/reload.py: the repository's (re)load
 
 The lifespan loads the repository (every model's engine and batcher), warms the
 models in the background (/readyz says 503 until all are warm), probes failing
@@ -34,6 +35,7 @@ from service.api.auth import require_token
 from service.api.middleware import ObservabilityMiddleware
 from service.api.v1 import routes as routes_v1
 from service.api.v2 import routes as routes_v2
+from service.contract.version import server_version
 from service.engine.admission import MemoryBudget
 from service.repository.reload import load_first, reload
 from service.repository.state import Service
@@ -43,7 +45,7 @@ from service.telemetry.spans import Tracing
 from service.telemetry.tracing import from_environment
 
 log = logging.getLogger("pspnet.app")
-VERSION = "0.1.0"
+SERVER_VERSION = server_version()  # "0.1.0": the package's, as /v2 and the OpenAPI document say
 
 
 def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI:
@@ -106,7 +108,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI
             log.info("stopped")
 
     # /docs is served by service/api/web.py from installed files (FastAPI's loads Swagger UI from a CDN)
-    app = FastAPI(title="PSPNet segmentation", version=VERSION, lifespan=lifespan,
+    app = FastAPI(title="PSPNet segmentation", version=SERVER_VERSION, lifespan=lifespan,
                   description="Semantic segmentation with PSPNet on ONNX Runtime.",
                   docs_url=None, redoc_url=None,
                   # operationIds are the handlers' names ("segment"), so generated clients read well
@@ -117,7 +119,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI
     app.include_router(web.router())
     app.include_router(routes_health.router())
     app.include_router(routes_v1.router())
-    app.include_router(routes_v2.router(VERSION))
+    app.include_router(routes_v2.router(SERVER_VERSION))
     if settings.auth_token is not None:
         app.include_router(routes_admin.router())
     openapi.install(app, secured_by=require_token if settings.auth_token is not None else None)

@@ -1,4 +1,8 @@
-"""The bearer token check of the model routes (``PSPNET_AUTH_TOKEN``; none set: no check)."""
+"""The bearer token check of the model routes (``PSPNET_AUTH_TOKEN``; none set: no check).
+
+Tested by tests/service/api/test_app.py and tests/service/api/test_hostile_http.py (the bearer token
+rules).
+"""
 
 from __future__ import annotations
 

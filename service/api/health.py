@@ -3,6 +3,9 @@
 ``/healthz`` fails (503) only when every model is failing: a CUDA sticky error never
 recovers in-process, and a failed liveness probe is how Kubernetes restarts the pod.
 ``/readyz`` is ready when every model is (Triton's strict readiness).
+
+Tested by tests/service/api/test_app.py and tests/service/repository/test_runtime.py (every model
+failing fails /healthz).
 """
 
 from __future__ import annotations

@@ -1,58 +1,119 @@
-"""Running one request's work on a model: its memory reserved, abandoned when the client hangs up
-(its queued tiles are dropped before they run), and accounted for (its stages, statistics and
-deadline). The caller counts it in flight (:meth:`service.repository.runtime.ModelRuntime.admitted`)."""
+"""The one inference step of /v1 and /v2: a request's setup, admission, run and bookkeeping.
+
+A route parses its protocol, then calls :func:`model_call` (the model, counted in flight and
+labelled for metrics and the access line, serving now, the deadline) and :func:`infer` (room in
+the queue, memory reserved from the image headers, the chain run against the client's hang-up
+and the deadline, statistics and stage histograms), and builds its response from the result.
+Data goes down once and the result comes back up: nothing calls back into the route.
+
+Tested by tests/service/api/test_app.py, tests/service/api/test_faults.py and
+tests/service/api/v2/test_routes.py (through both protocols).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 from starlette.requests import Request
-from starlette.responses import Response
 
 from service.api.uploads import until_disconnect
-from service.errors import DeadlineExceeded
+from service.codec.decode import DecodeLimits
+from service.errors import ClientGone, DeadlineExceeded
+from service.pipeline.chain import Chain, Encode, Segmented, T, Upload
+from service.pipeline.cost import pixels_cost, upload_cost
+from service.pipeline.params import InferenceParams
 from service.pipeline.timings import Timings
 from service.repository.runtime import ModelRuntime
-from service.repository.state import Service
-
-CLIENT_CLOSED = 499  # nginx's status for a client that went away: logged, never sent
+from service.repository.state import Service, service_of
 
 
-async def run_admitted(request: Request, service: Service, rt: ModelRuntime, need_bytes: int,
-                       work: Callable[[], Awaitable[Response]]) -> Response:
-    # a refusal says when to retry by the one rule of overload 503s: this model's queued work
-    with service.memory.reserve(need_bytes, retry_after=rt.batcher.retry_after()):
-        job = asyncio.ensure_future(work())
-        gone = asyncio.ensure_future(until_disconnect(request.receive))
+@dataclass(frozen=True)
+class Call:
+    """One inference request on one model: what :func:`infer` needs besides the images."""
+
+    request: Request
+    service: Service
+    rt: ModelRuntime
+    deadline: float  # the event loop's clock
+
+
+@contextlib.contextmanager
+def model_call(request: Request, name: str | None = None, *,
+               rt: ModelRuntime | None = None) -> Iterator[Call]:
+    """The setup every inference request shares, for model ``name`` (the default model if None, or
+    the runtime ``rt`` a route has already picked): counted in flight while the block runs, the
+    metrics' and access line's model, serving now, its deadline ``PSPNET_REQUEST_TIMEOUT_S`` away."""
+    service = service_of(request)
+    picked = rt if rt is not None else (service.default_runtime() if name is None else service.runtime(name))
+    with picked.admitted() as admitted:
+        request.scope["state"]["model"] = admitted.name
+        service.serving(admitted)
+        deadline = asyncio.get_running_loop().time() + service.settings.request_timeout_s
+        yield Call(request, service, admitted, deadline)
+
+
+def memory_need(call: Call, images: Sequence[Upload] | np.ndarray, params: InferenceParams,
+                output: str) -> int:
+    """Bytes the request will hold at its peak, from the image headers (or the pixels' shape),
+    before anything is decoded: an unreadable header costs nothing here, decoding refuses it."""
+    meta = call.rt.meta
+    if isinstance(images, np.ndarray):
+        n, h, w = (int(d) for d in images.shape[:3])
+        return n * (pixels_cost(meta, h, w, params, output) or 0)
+    return sum(upload_cost(meta, u.data, params, output) or 0 for u in images)
+
+
+async def infer(call: Call, images: Sequence[Upload] | np.ndarray, params: InferenceParams, encode: Encode[T],
+                *, output: str) -> Segmented[T]:
+    """Admit the request and run the chain on ``images``: a 503 now if the model's queue has no
+    room, a 413/503 if its memory does not fit (the 503 with the queue's Retry-After), a 504 at the
+    deadline, :class:`ClientGone` when the client hangs up (its queued tiles are dropped before
+    they run; a stage already in a thread finishes)."""
+    service, rt = call.service, call.rt
+    rt.batcher.check_room()  # refuse before decoding what could not be queued anyway
+    need = memory_need(call, images, params, output)
+    with service.memory.reserve(need, retry_after=rt.batcher.retry_after()):
+        job = asyncio.ensure_future(_accounted_run(call, images, params, encode))
+        gone = asyncio.ensure_future(until_disconnect(call.request.receive))
         try:
             await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
         if job.done():
             return job.result()
-        # the client went away: cancelling drops its queued tiles before they run (a stage
-        # already running in a thread finishes; its memory is released with the reservation)
         job.cancel()
     service.metrics.on_reject("client_gone", rt.name)
-    return Response(status_code=CLIENT_CLOSED)
+    raise ClientGone
+
+
+async def _accounted_run(call: Call, images: Sequence[Upload] | np.ndarray, params: InferenceParams,
+                         encode: Encode[T]) -> Segmented[T]:
+    service, rt = call.service, call.rt
+    settings = service.settings
+    chain = Chain(rt.meta, DecodeLimits(settings.max_body_bytes, settings.max_pixels))
+    assert service.executor is not None
+    async with _accounted(call, images=len(images)) as timings, asyncio.timeout_at(call.deadline):
+        return await chain.segment(images, params, encode, runner=rt.batcher, cpu=service.executor,
+                                   deadline=call.deadline, timings=timings)
 
 
 @contextlib.asynccontextmanager
-async def accounted(request: Request, service: Service, rt: ModelRuntime, *,
-                    images: int) -> AsyncIterator[Timings]:
+async def _accounted(call: Call, *, images: int) -> AsyncIterator[Timings]:
     """One inference request's bookkeeping, the same for every protocol.
 
-    Yields the request's :class:`Timings` (also put where the access line and the trace read
-    them). A ``TimeoutError`` out of the body (``asyncio.timeout_at(deadline)`` there) becomes a
-    504 counted under reason ``deadline``; any failure counts the request as failed in the
-    model's statistics; success records it with its stages, and each stage's duration in the
-    stage histogram.
+    Yields the request's timings (also put where the access line and the trace read them). A
+    ``TimeoutError`` out of the body becomes a 504 counted under reason ``deadline``; any failure
+    counts the request as failed in the model's statistics; success records it with its stages,
+    and each stage's duration in the stage histogram.
     """
+    service, rt = call.service, call.rt
     loop = asyncio.get_running_loop()
     timings = Timings()
-    request.scope["state"]["timings"] = timings
+    call.request.scope["state"]["timings"] = timings
     t0 = loop.time()
     try:
         yield timings
@@ -60,7 +121,7 @@ async def accounted(request: Request, service: Service, rt: ModelRuntime, *,
         service.metrics.on_reject("deadline", rt.name)
         rt.stats.request(ok=False, images=images, seconds=loop.time() - t0, stages={})
         raise DeadlineExceeded(f"not finished within {service.settings.request_timeout_s:g} s") from None
-    except Exception:  # not a cancellation: a client that left is counted by run_admitted
+    except Exception:  # not a cancellation: a client that left is counted by infer
         rt.stats.request(ok=False, images=images, seconds=loop.time() - t0, stages={})
         raise
     rt.stats.request(ok=True, images=images, seconds=loop.time() - t0, stages=timings.stages)

@@ -10,6 +10,10 @@ The app leaves two things in ``scope["state"]`` for the access line and the span
 ``timings`` (the chain's :class:`~service.pipeline.timings.Timings`, filled as stages finish,
 so a request that timed out still shows how far it got) and ``log_extra``
 (fields of a finished segmentation: tiles, mode, size ...).
+
+Tested by tests/service/api/test_app.py (request id, per-route metrics),
+tests/service/telemetry/test_logs.py (the access line) and tests/service/telemetry/test_tracing.py
+(the request span).
 """
 
 from __future__ import annotations

@@ -8,22 +8,23 @@ a client generated from ``/openapi.json`` is a usable one:
 - every error as ``application/problem+json`` with the :class:`Problem` schema and
   the status it comes with (the table in service/errors.py);
 - the request body of ``/v1/segment`` in every media type the decoder reads
-  (service/codec/sniff.py ``FORMATS``), raw or as multipart field ``image``;
+  (service/codec/sniff.py ``IMAGE_FORMATS``), raw or as multipart field ``image``;
 - the bearer scheme on the operations that check the token, only when a token is set.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from service.codec.encode import RGB, ClassShare
 from service.codec.outputs import media_types
-from service.codec.sniff import FORMATS as IMAGE_FORMATS
+from service.codec.sniff import IMAGE_FORMATS
 from service.contract.artifact import Mode
 from service.errors import PROBLEM_MEDIA_TYPE
 
@@ -44,7 +45,6 @@ ERRORS = {
     503: "overloaded or not ready; retry after Retry-After seconds",
     504: "deadline exceeded",
 }
-RGB = Annotated[list[int], Field(min_length=3, max_length=3, description="red, green, blue (0-255)")]
 
 
 class Problem(BaseModel):
@@ -57,16 +57,6 @@ class Problem(BaseModel):
     detail: str
     instance: str = Field(description="the request path")
     request_id: str = Field(description="quote it when reporting a problem; also in X-Request-ID")
-
-
-class ClassShare(BaseModel):
-    """A class present in the image and the share of pixels it covers."""
-
-    id: int
-    name: str
-    color: RGB
-    pixels: int
-    fraction: float = Field(ge=0, le=1, description="of all pixels")
 
 
 class Segmentation(BaseModel):

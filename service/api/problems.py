@@ -3,6 +3,9 @@ routes, ``{"error": "..."}`` on the Open Inference Protocol's (/v2), as Triton a
 
 The status and headers (``Retry-After``, ``WWW-Authenticate``) are the error's own
 (service/errors.py) whichever the shape.
+
+Tested by tests/service/api/test_app.py (problem+json on /v1) and
+tests/service/api/v2/test_routes.py (the error shape of /v2).
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import (
+    CLIENT_CLOSED,
     INTERNAL_DETAIL,
     PROBLEM_MEDIA_TYPE,
     BadRequest,
+    ClientGone,
     ServiceError,
     http_problem,
     problem_body,
@@ -55,6 +60,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return problem_response(exc, request)
+
+    @app.exception_handler(ClientGone)
+    async def _client_gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=CLIENT_CLOSED)  # logged and counted; the client reads nothing
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,4 +1,8 @@
-"""Reading a request's body: bounded, and the image of /v1 as a raw body or multipart field ``image``."""
+"""Reading a request's body: bounded, and the image of /v1 as a raw body or multipart field ``image``.
+
+Tested by tests/service/api/test_app.py (raw body, multipart, the byte limit) and
+tests/service/api/test_hostile_http.py (malformed multipart, a body over the limit while streaming).
+"""
 
 from __future__ import annotations
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Literal, TypedDict
+from typing import Annotated, Literal
 
 import cv2
 import numpy as np
 from PIL import Image
+from pydantic import Field
+from typing_extensions import TypedDict  # pydantic reads typing's own only from Python 3.12
 
 from service.contract.artifact import label_dtype
 
@@ -32,16 +34,17 @@ from service.contract.artifact import label_dtype
 PNG_COMPRESS_LEVEL = 1
 OverlayFormat = Literal["jpeg", "png"]
 Palette = Sequence[Sequence[int]] | np.ndarray
+RGB = Annotated[list[int], Field(min_length=3, max_length=3, description="red, green, blue (0-255)")]
 
 
 class ClassShare(TypedDict):
-    """One class present in a label map, as the JSON output lists it."""
+    """A class present in the image and the share of pixels it covers."""
 
     id: int
     name: str
-    color: list[int]  # RGB
+    color: RGB
     pixels: int
-    fraction: float  # of all pixels
+    fraction: Annotated[float, Field(ge=0, le=1, description="of all pixels")]
 
 
 def palette_array(palette: Palette) -> np.ndarray:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 
-FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # Pillow's names for them
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # Pillow's names for them
 # Walking a header takes at most this many steps (JPEG segments, GIF blocks,
 # TIFF entries): real files need tens, a hostile one must not cost millions.
 MAX_STEPS = 10_000
@@ -53,7 +53,7 @@ def declared_size(data: bytes, fmt: str) -> tuple[int, int] | None:
     """``(width, height)`` as the header declares them, or None if the header is malformed."""
     reader = _READERS.get(fmt)
     if reader is None:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+        raise ValueError(f"unknown format {fmt!r}; expected one of {IMAGE_FORMATS}")
     try:
         return reader(data)
     except (struct.error, IndexError):  # the header stops short

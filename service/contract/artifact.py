@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from service.contract.onnx_wire import (
     ELEM_TYPE_NAMES,
@@ -37,6 +38,7 @@ from service.contract.onnx_wire import (
 
 METADATA_KEY = "pspnet"
 INPUT_NAME = "image"
+Tiles = npt.NDArray[np.float32]  # what INPUT_NAME takes: (N, 3, H, W) raw 0..255 RGB
 OUTPUT_NAME = "logits"
 LABELS_NAME = "labels"
 Mode = Literal["whole", "slide", "multiscale"]
@@ -49,14 +51,16 @@ class ArtifactError(ValueError):
 
 
 @dataclass(frozen=True)
-class Protocol:
-    """The inference defaults a request gets when it does not say otherwise."""
+class InferenceProtocol:
+    """The inference defaults a request gets when it does not say otherwise (JSON key ``protocol``)."""
 
     mode: Mode = "slide"
     base_size: int = 512
     scales: tuple[float, ...] = (1.0,)
     stride_rate: float = 2 / 3
     flip: bool = False
+
+
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class ArtifactMeta:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     align_corners: bool
-    protocol: Protocol
+    protocol: InferenceProtocol
     source: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -111,7 +115,7 @@ def parse_meta(raw: str) -> ArtifactMeta:
         mean = tuple(float(v) for v in _require(d, "mean"))
         std = tuple(float(v) for v in _require(d, "std"))
         p = _require(d, "protocol")
-        protocol = Protocol(
+        protocol = InferenceProtocol(
             mode=str(_require(p, "mode", "protocol")),  # type: ignore[arg-type]
             base_size=int(_require(p, "base_size", "protocol")),
             scales=tuple(float(s) for s in _require(p, "scales", "protocol")),

@@ -1,4 +1,8 @@
-"""Image/label folder pairs (e.g. CamVid ``val/`` + ``valannot/``), matched by file stem."""
+"""Image/label folder pairs (e.g. CamVid ``val/`` + ``valannot/``), matched by file stem.
+
+Tested by tests/service/offline/test_evaluate.py (evaluate pairs its folders) and
+tests/model/test_train.py (training reads folder pairs through model/folder.py).
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 Numpy only: the service's evaluator uses it, and so does training-time
 validation in ``model/`` (one definition of the metric for both sides). Pixels whose label is outside
 ``[0, num_classes)`` are ignored.
+
+Tested by tests/service/offline/test_evaluate.py (a hand-computed confusion matrix, absent classes).
 """
 
 from __future__ import annotations

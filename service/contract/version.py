@@ -6,6 +6,8 @@ The package version is the installed distribution's (``pspnet-serving``); run fr
 that is not installed, it is ``pyproject.toml``'s, marked ``(not installed)``. Nothing here needs
 a GPU or imports torch: ONNX Runtime is imported (no session is made), torch's version, where
 asked for, is read from its distribution's metadata.
+
+Tested by tests/service/test_cli.py and tests/model/test_cli_version.py.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 DISTRIBUTION = "pspnet-serving"
 _PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+_NOT_INSTALLED = " (not installed)"
 
 
 def package_version() -> str:
@@ -33,8 +36,14 @@ def package_version() -> str:
     except (OSError, tomllib.TOMLDecodeError):
         return "unknown"
     if project.get("name") == DISTRIBUTION and isinstance(project.get("version"), str):
-        return f"{project['version']} (not installed)"
+        return f"{project['version']}{_NOT_INSTALLED}"
     return "unknown"
+
+
+def server_version() -> str:
+    """The version the server reports (``/v2``, the OpenAPI document): :func:`package_version`
+    without its ``(not installed)`` mark."""
+    return package_version().removesuffix(_NOT_INSTALLED)
 
 
 def onnxruntime_version() -> str:

@@ -1,6 +1,8 @@
-"""Admission policy: whether work may queue now, and the one Retry-After rule of every overload 503.
+"""Admission policy: whether a request's work may queue now, and the one Retry-After rule of every 503.
 
-Plain functions and one budget, tested with numbers (tests/service/engine/test_admission.py).
+Plain functions of plain numbers, tested as such (tests/service/engine/test_admission.py): the
+batcher's queue (:class:`QueueLoad`, :func:`admit`, :func:`room_now`) and the memory held by the
+requests in flight (:class:`MemoryBudget`). The batcher only records and raises what they decide.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from service.errors import Overloaded, PayloadTooLarge
+from service.errors import DeadlineExceeded, Overloaded, PayloadTooLarge, ServiceError
 
 #: Retry-After bounds, seconds: never "0" (clients would hammer), never absurdly far.
 MIN_RETRY_AFTER, MAX_RETRY_AFTER = 1, 60
@@ -35,6 +37,89 @@ def retry_after_seconds(queued_tiles: int, seconds_per_tile: float | None, runne
         return MAX_RETRY_AFTER
     # rounded to the microsecond first, so that 30 tiles at 0.1 s are 3 s, not ceil(3.0000000000000004)
     return max(MIN_RETRY_AFTER, math.ceil(round(seconds, 6)))
+
+
+@dataclass(frozen=True)
+class QueueLoad:
+    """The batcher's queue as admission sees it: what is queued, its bounds, and the measured speed."""
+
+    queued: int  # tiles queued and not yet taken into a batch
+    max_queue_tiles: int
+    max_queue_delay_s: float
+    seconds_per_tile: float | None  # one runner's recent seconds per tile; None before the first batch
+    runners: int = 1
+
+    def eta(self, extra_tiles: int = 0) -> float | None:
+        """Seconds to run the queue plus ``extra_tiles`` at the measured speed; None before any batch.
+
+        The runners work on the queue side by side, each at the measured time per tile (measured
+        while they run together, so it already includes what they cost each other).
+        """
+        if self.seconds_per_tile is None:
+            return None
+        return (self.queued + extra_tiles) * self.seconds_per_tile / self.runners
+
+    def retry_after(self) -> int:
+        """The Retry-After of a 503 under this queue: :func:`retry_after_seconds`, 1..60."""
+        return retry_after_seconds(self.queued, self.seconds_per_tile, self.runners)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request refused before it queues: the reason stats and metrics count, and the error to raise."""
+
+    reason: str  # "too_large", "deadline" or "overloaded"
+    error: ServiceError  # PayloadTooLarge (413), DeadlineExceeded (504) or Overloaded (503)
+
+
+def room_refusal(load: QueueLoad, n: int) -> str | None:
+    """Why ``n`` more tiles do not fit the queue's bounds now, in tiles or in time; None if they do.
+
+    The bound in time: the tile bound alone means seconds on a GPU and most of a minute on a
+    small CPU; ``max_queue_delay_s`` keeps the wait of an accepted request (and the backlog
+    left when a burst ends) the same on both.
+    """
+    if load.queued + n > load.max_queue_tiles:
+        return f"{load.queued} tiles queued, no room for {n} more"
+    ahead = load.eta(0)
+    if load.queued and ahead is not None and ahead > load.max_queue_delay_s:
+        return (f"about {ahead:.1f} s of work is queued; the queue holds at most "
+                f"{load.max_queue_delay_s:g} s")
+    return None
+
+
+def admit(load: QueueLoad, n: int, *, now: float, deadline: float) -> Refusal | None:
+    """Whether a request of ``n`` tiles due at ``deadline`` may queue at ``now``: None, or why not.
+
+    All or nothing, in this order: more tiles than the queue can ever hold -> 413; the deadline
+    already passed -> 504; no room now in tiles or in time (:func:`room_refusal`) -> 503; room,
+    but the work ahead would outlast the deadline by the measured speed -> 503 (to retry now
+    rather than a 504 later; without work ahead a request may try its luck). Every 503 carries
+    the queue's Retry-After, whatever refused it.
+    """
+    if n > load.max_queue_tiles:
+        return Refusal("too_large", PayloadTooLarge(
+            f"the request needs {n} tiles; the queue holds at most {load.max_queue_tiles}: "
+            f"use a smaller image, fewer scales or no flip"))
+    if now >= deadline:
+        return Refusal("deadline", DeadlineExceeded("the deadline passed before the tiles were queued"))
+    room = room_refusal(load, n)
+    if room is not None:
+        return Refusal("overloaded", Overloaded(room, retry_after=load.retry_after()))
+    eta = load.eta(n)
+    if load.queued and eta is not None and now + eta > deadline:
+        return Refusal("overloaded", Overloaded(
+            f"about {eta:.1f} s of work is queued, more than the {deadline - now:.1f} s left to "
+            f"this request's deadline", retry_after=load.retry_after()))
+    return None
+
+
+def room_now(load: QueueLoad) -> Refusal | None:
+    """Whether :func:`admit` would refuse even a one-tile request now for want of room (a 503)."""
+    room = room_refusal(load, 1)
+    if room is None:
+        return None
+    return Refusal("overloaded", Overloaded(f"no room now: {room}", retry_after=load.retry_after()))
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Cross-request tile batching (docs/DESIGN.md "Service", batching).
+"""Cross-request tile batching: the queue, its workers and their lifecycle (docs/DESIGN.md "Service").
 
 Every request arrives as ``T`` same-shape tiles and names the output it wants
 (``logits``, or ``labels`` when the model has it). The tiles join one bounded FIFO
@@ -18,15 +18,11 @@ Policy:
 - A batch leaves as soon as ``max_batch`` tiles are queued, or ``max_wait_ms``
   after its oldest tile was queued, whichever comes first. Tiles that already
   waited behind a running batch leave at once.
-- Admission is all or nothing, decided at once: more tiles than the queue can
-  ever hold -> :class:`PayloadTooLarge`; not enough room now in tiles or in
-  time (``max_queue_delay_s`` of work ahead at the recent time per tile, shared
-  among the runners), or
-  work ahead that would outlast the request's deadline -> :class:`Overloaded`
-  with the one Retry-After rule, :func:`retry_after_seconds` (the queued work over
-  the recent throughput, rounded up: the same for every request refused under one queue);
-  after :meth:`TileBatcher.stop` began ->
-  :class:`NotReady` (503, the process is going away).
+- Admission is all or nothing, decided at once by :func:`service.engine.admission.admit`
+  (too large for the queue ever -> 413, deadline passed -> 504, no room now in tiles or
+  in time, or work ahead that would outlast the deadline -> 503 with the one
+  Retry-After rule); after :meth:`TileBatcher.stop` began -> :class:`NotReady`
+  (503, the process is going away).
 - A request whose deadline passes gets :class:`DeadlineExceeded`; one whose
   awaiting task is cancelled (the client went away) re-raises the cancellation.
   Either way its tiles still queued are removed before they run.
@@ -42,19 +38,18 @@ import contextlib
 import logging
 import math
 import threading
-import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from service.contract.artifact import OUTPUT_NAME
-from service.engine.admission import retry_after_seconds
-from service.engine.runners import LogitsOnly, OutputRunner, Rows, Runner, Tiles
-from service.errors import DeadlineExceeded, NotReady, Overloaded, PayloadTooLarge
+from service.contract.artifact import OUTPUT_NAME, Tiles
+from service.engine.admission import QueueLoad, Refusal, admit, room_now
+from service.engine.runners import LogitsFn, LogitsOnly, OutputRunner, Part, Pending, Rows, run_batch
+from service.errors import DeadlineExceeded, NotReady
 
 log = logging.getLogger("service.batcher")  # the name log lines had
 
@@ -81,36 +76,10 @@ class BatcherStats:
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> requests refused
 
 
-class _Request:
-    """One submit: its tiles, how far the worker got, and where its rows go."""
-
-    __slots__ = ("deadline", "done", "enqueued_at", "future", "next", "out", "output", "tiles", "total")
-
-    def __init__(self, tiles: Tiles, output: str, future: asyncio.Future[Rows], now: float,
-                 deadline: float) -> None:
-        self.tiles = tiles
-        self.output = output
-        self.total = len(tiles)
-        self.future = future
-        self.enqueued_at = now
-        self.deadline = deadline
-        self.next = 0  # first tile not yet taken into a batch
-        self.done = 0  # tiles whose outputs have arrived
-        self.out: Rows | None = None  # written only by runner threads (allocated under a lock)
-
-    @property
-    def dead(self) -> bool:
-        """Answered, failed, timed out or cancelled: its outputs are no longer wanted."""
-        return self.future.done()
-
-
-Part = tuple[_Request, int, int]  # request, first tile, stop
-
-
 class TileBatcher:
     """``runner``: one runner or a sequence of them, run concurrently (one worker and thread each)."""
 
-    def __init__(self, runner: Runner | OutputRunner | Sequence[Runner | OutputRunner], *, max_batch: int,
+    def __init__(self, runner: LogitsFn | OutputRunner | Sequence[LogitsFn | OutputRunner], *, max_batch: int,
                  max_wait_ms: float, max_queue_tiles: int, max_queue_delay_s: float = math.inf,
                  tile_shape: tuple[int, int, int] | None = None,
                  observer: BatchObserver | None = None) -> None:
@@ -133,7 +102,7 @@ class TileBatcher:
         self.tile_shape = tile_shape  # (3, H, W) when known: a wrong shape is refused, not run
         self._observer = observer
         self.stats = BatcherStats()
-        self._queue: deque[_Request] = deque()
+        self._queue: deque[Pending] = deque()
         self._queued = 0
         self._wake = asyncio.Event()
         self._inflight: dict[int, list[Part]] = {}  # runner index -> the batch it runs
@@ -203,27 +172,8 @@ class TileBatcher:
         if not self.accepting:
             self._reject("stopping")
             raise NotReady("the batcher is not running or is shutting down")
-        if n > self.max_queue_tiles:
-            self._reject("too_large")
-            raise PayloadTooLarge(f"the request needs {n} tiles; the queue holds at most "
-                                  f"{self.max_queue_tiles}: use a smaller image, fewer scales or no flip")
-        if loop.time() >= deadline:
-            self._reject("deadline")
-            raise DeadlineExceeded("the deadline passed before the tiles were queued")
-        refusal = self._room_refusal(n)
-        if refusal is not None:
-            self._reject("overloaded")
-            raise Overloaded(refusal, retry_after=self.retry_after())
-        eta = self._eta(n)
-        if self._queued and eta is not None and loop.time() + eta > deadline:
-            # Room in the queue, but not in time: by the measured speed the work ahead would make
-            # this request miss its deadline, so refuse it now (a 503 to retry) instead of keeping
-            # it until a 504. Without work ahead it may try its luck.
-            self._reject("overloaded")
-            left = deadline - loop.time()
-            raise Overloaded(f"about {eta:.1f} s of work is queued, more than the {left:.1f} s left to "
-                             f"this request's deadline", retry_after=self.retry_after())
-        r = _Request(tiles, output, loop.create_future(), loop.time(), deadline)
+        self._refuse(admit(self._load(), n, now=loop.time(), deadline=deadline))
+        r = Pending(tiles, output, loop.create_future(), loop.time(), deadline)
         self._queue.append(r)
         self._queued += n
         self._queue_changed()
@@ -245,41 +195,23 @@ class TileBatcher:
         overload that work would be spent on requests refused anyway, on the same cores the model
         needs (benchmarks/reliability/overload.py measured about 20% of capacity lost to it).
         """
-        refusal = self._room_refusal(1)
-        if refusal is not None:
-            self._reject("overloaded")
-            raise Overloaded(f"no room now: {refusal}", retry_after=self.retry_after())
-
-    def _room_refusal(self, n: int) -> str | None:
-        """Why ``n`` more tiles do not fit the queue's bounds now, in tiles or in time; None if they do.
-
-        The bound in time: the tile bound alone means seconds on a GPU and most of a minute on a
-        small CPU; ``max_queue_delay_s`` keeps the wait of an accepted request (and the backlog
-        left when a burst ends) the same on both.
-        """
-        if self._queued + n > self.max_queue_tiles:
-            return f"{self._queued} tiles queued, no room for {n} more"
-        ahead = self._eta(0)
-        if self._queued and ahead is not None and ahead > self.max_queue_delay:
-            return (f"about {ahead:.1f} s of work is queued; the queue holds at most "
-                    f"{self.max_queue_delay:g} s")
-        return None
+        self._refuse(room_now(self._load()))
 
     def retry_after(self) -> int:
-        """The Retry-After of a 503 now: :func:`retry_after_seconds` of this queue, 1..60."""
-        return retry_after_seconds(self._queued, self._sec_per_tile, len(self._runners))
-
-    def _eta(self, extra_tiles: int) -> float | None:
-        """Seconds to run the queue plus ``extra_tiles`` at the measured speed; None before any batch.
-
-        The runners work on the queue side by side, each at the measured time per tile (measured
-        while they run together, so it already includes what they cost each other).
-        """
-        if self._sec_per_tile is None:
-            return None
-        return (self._queued + extra_tiles) * self._sec_per_tile / len(self._runners)
+        """The Retry-After of a 503 now: :func:`service.engine.admission.retry_after_seconds`, 1..60."""
+        return self._load().retry_after()
 
     # -- admission and bookkeeping ---------------------------------------------------------------
+
+    def _load(self) -> QueueLoad:
+        return QueueLoad(self._queued, self.max_queue_tiles, self.max_queue_delay, self._sec_per_tile,
+                         len(self._runners))
+
+    def _refuse(self, refusal: Refusal | None) -> None:
+        """Count and raise what admission refused; nothing if it admitted."""
+        if refusal is not None:
+            self._reject(refusal.reason)
+            raise refusal.error
 
     def _check(self, tiles: Tiles) -> int:
         if not (isinstance(tiles, np.ndarray) and tiles.dtype == np.float32 and tiles.ndim == 4
@@ -305,7 +237,7 @@ class TileBatcher:
         self.stats.rejected[reason] += 1
         self._observe(lambda o: o.on_reject(reason))
 
-    def _drop(self, r: _Request, reason: str) -> None:
+    def _drop(self, r: Pending, reason: str) -> None:
         """Take ``r``'s not-yet-batched tiles out of the queue (the request is over)."""
         left = r.total - r.next
         if left == 0:
@@ -317,7 +249,7 @@ class TileBatcher:
         self._observe(lambda o: o.on_drop(reason, left))
         self._queue_changed()
 
-    def _fail(self, r: _Request, error: BaseException, reason: str) -> None:
+    def _fail(self, r: Pending, error: BaseException, reason: str) -> None:
         if not r.future.done():
             r.future.set_exception(error)
         self._drop(r, reason)
@@ -387,8 +319,8 @@ class TileBatcher:
         # the union of what the batch's requests want, in the runners' order
         names = tuple(n for n in self.outputs if any(r.output == n for r, _, _ in parts))
         try:
-            seconds = await loop.run_in_executor(self._executors[runner], self._execute,
-                                                 self._runners[runner], names, parts)
+            seconds = await loop.run_in_executor(self._executors[runner], run_batch,
+                                                 self._runners[runner], names, parts, self._out_lock)
         except Exception as e:  # CancelledError is not an Exception: stop(drain=False) passes through
             self.stats.failed_batches += 1
             log.error("batch of %d tiles failed: %r", size, e, exc_info=e)
@@ -413,39 +345,8 @@ class TileBatcher:
                 assert r.out is not None
                 r.future.set_result(r.out)
 
-    def _execute(self, runner: OutputRunner, names: tuple[str, ...], parts: list[Part]) -> float:
-        """Runner thread: gather the batch, run it, scatter each request's rows of its output."""
-        pieces = [r.tiles[a:b] for r, a, b in parts]
-        batch = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-        t0 = time.perf_counter()
-        out = runner(batch, names)
-        seconds = time.perf_counter() - t0
-        if not isinstance(out, Mapping):
-            raise RuntimeError(f"runner returned {type(out).__name__}, not a mapping of outputs")
-        for name in names:
-            got = out.get(name)
-            if not isinstance(got, np.ndarray) or got.ndim < 1 or len(got) != len(batch):
-                raise RuntimeError(f"runner returned {getattr(got, 'shape', type(got))} as {name!r} "
-                                   f"for {len(batch)} tiles")
-        offset = 0
-        for r, a, b in parts:
-            rows = out[r.output][offset:offset + b - a]
-            offset += b - a
-            if r.dead:
-                continue  # timed out or cancelled meanwhile: nobody will read it
-            if a == 0 and b == r.total:
-                r.out = rows  # the whole request in this batch: a view, no copy
-                continue
-            # the request's other rows may be arriving on another runner's thread right now
-            with self._out_lock:
-                if r.out is None:
-                    r.out = np.empty((r.total, *rows.shape[1:]), dtype=rows.dtype)
-                dest = r.out
-            dest[a:b] = rows
-        return seconds
 
-
-def _end_reason(r: _Request, now: float) -> str:
+def _end_reason(r: Pending, now: float) -> str:
     # an outer timeout on the same deadline cancels rather than times out: tell by the clock
     return "deadline" if now >= r.deadline else "cancelled"
 

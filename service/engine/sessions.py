@@ -12,7 +12,8 @@ with its own lock (and IO binding), so that as many batches can run at once;
 :meth:`Engine.runners` gives the batcher one runner per session. Intra-op
 threads ``0`` (auto) means ORT's own default with one session, else the cores
 this process may use divided among the sessions (:func:`intra_op_threads_for`).
-The offline commands call :meth:`Engine.run` directly (session 0).
+The offline commands run session 0 through :class:`service.offline.pool.TilePool` or
+:class:`service.pipeline.runner.EngineRunner`.
 
 Provider policy (docs/DESIGN.md "Service", CUDA):
 - ``"cpu"``: CPU, nothing else is tried.
@@ -46,6 +47,7 @@ from service.contract.artifact import (
     OUTPUT_NAME,
     ArtifactError,
     ArtifactMeta,
+    Tiles,
     label_dtype,
     read_meta,
 )
@@ -55,7 +57,6 @@ log = logging.getLogger("service.engine")  # the name log lines had
 ProviderChoice = Literal["auto", "cuda", "cpu"]
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-Tiles = npt.NDArray[np.float32]
 #: the outputs of the artifact contract the engine can fetch, in the order it lists them
 KNOWN_OUTPUTS = (OUTPUT_NAME, LABELS_NAME)
 #: numpy dtype of each ONNX Runtime tensor type an output of the contract may have
@@ -148,10 +149,8 @@ class Engine:
         self.path = path
         self.meta: ArtifactMeta = read_meta(path)
         self.max_batch = max_batch
-        self.requested_provider: ProviderChoice = provider
         self.fallback_reason: str | None = None
-        self.warmup_seconds: float | None = None
-        self.ready = False
+        self.warmup_seconds: float | None = None  # set by warmup()
         self._cuda_attempted = False
         self.intra_op_threads = intra_op_threads_for(intra_op_threads, sessions)
         so = session_options(self.intra_op_threads, inter_op_threads, spin=spin)
@@ -307,7 +306,7 @@ class Engine:
         return out
 
     def warmup(self, batch_sizes: Iterable[int] | None = None) -> float:
-        """Run every batch size once (default 1..max_batch) on every session and mark the engine ready.
+        """Run every batch size once (default 1..max_batch) on every session.
 
         The first run of a shape pays for memory planning and, on CUDA, kernel and
         algorithm selection; doing it here keeps that out of every request's latency.
@@ -331,18 +330,9 @@ class Engine:
             with ThreadPoolExecutor(self.sessions, thread_name_prefix="pspnet-warmup") as pool:
                 list(pool.map(warm, range(self.sessions)))  # list(): re-raise a failure here
         self.warmup_seconds = time.perf_counter() - t0
-        self.ready = True
         log.info("engine warm: batch sizes %s on %d session(s) in %.2f s on %s", sizes, self.sessions,
                  self.warmup_seconds, self.provider)
         return self.warmup_seconds
-
-    def describe(self) -> dict[str, Any]:
-        """What readiness and the models endpoint report about the runtime."""
-        return {"provider": self.provider, "requested_provider": self.requested_provider,
-                "fallback_reason": self.fallback_reason, "ready": self.ready,
-                "max_batch": self.max_batch, "warmup_seconds": self.warmup_seconds,
-                "sessions": self.sessions, "intra_op_threads": self.intra_op_threads,
-                "outputs": list(self.outputs)}
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ from service.engine.sessions import Engine
 from service.errors import ServiceError
 from service.offline.flags import add_inference_flags, load_engine
 from service.offline.inputs import read_image
-from service.pipeline.chain import Chain, labels_runner
+from service.pipeline.chain import Chain
 from service.pipeline.params import InferenceParams, resolve
+from service.pipeline.runner import EngineRunner
 
 
 def evaluate(engine: Engine, pairs: list[tuple[Path, Path]], params: InferenceParams, *,
@@ -35,7 +36,7 @@ def evaluate(engine: Engine, pairs: list[tuple[Path, Path]], params: InferencePa
 
     meta = engine.meta
     chain = Chain(meta, NO_LIMITS)
-    fetch_labels = labels_runner(engine)
+    runner = EngineRunner(engine, max_batch)
     n = meta.num_classes
     cm = np.zeros((n, n), np.int64)
     t0 = time.perf_counter()
@@ -45,7 +46,7 @@ def evaluate(engine: Engine, pairs: list[tuple[Path, Path]], params: InferencePa
         label = np.asarray(Image.open(lab_path))
         if label.ndim != 2 or label.shape != img.rgb.shape[:2]:
             raise ValueError(f"label {lab_path} ({label.shape}) does not match image {img.rgb.shape[:2]}")
-        pred, _ = chain.labels(img.rgb, params, run=engine.run, run_labels=fetch_labels, max_batch=max_batch)
+        pred, _ = chain.labels_now(img.rgb, params, runner=runner)
         cm += confusion_matrix(pred, label, n)
     result = scores(cm)
     return {

@@ -1,4 +1,6 @@
 """The flags of the offline commands that choose a model and its engine, and the engine they make.
+
+Tested by tests/service/offline/test_segment.py and tests/service/offline/test_evaluate.py.
 """
 
 from __future__ import annotations

@@ -12,9 +12,10 @@
   in Ray tasks too, so decoding scales with the CPUs of the cluster, not the model's workers.
 - segment: ``num_workers`` actors, each reserving ``cpus_per_worker`` CPUs and
   ``gpus_per_worker`` GPUs and holding one :class:`service.offline.work.Segmenter` (one
-  engine). Each call gets up to ``max_batch`` decoded images, pools their tiles into batches,
-  and writes its results under ``OUT`` itself: ``OUT`` must be a folder every node sees at the
-  same path (a shared volume); the driver never holds images.
+  engine, its own tile pool). Each call gets up to ``max_batch`` decoded images and runs the
+  plain command's driver on them (their tiles share batches; the pool is flushed at the end of
+  the call), which writes their results under ``OUT``: ``OUT`` must be a folder every node sees
+  at the same path (a shared volume); the driver never holds images.
 - the driver (:func:`segment_on_ray`) only turns the lines into records: the caller writes the
   manifest and shows progress.
 
@@ -138,11 +139,8 @@ class SegmentActor:
         self.segmenter = Segmenter(config)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        records: list[Record] = []
-        for i in range(len(batch["source"])):
-            records += self.segmenter.feed(_decoded(batch, i))
-        records += self.segmenter.flush()
-        return {"line": np.array([r.to_line() for r in records], dtype=object)}
+        items = (_decoded(batch, i) for i in range(len(batch["source"])))
+        return {"line": np.array([r.to_line() for r in self.segmenter.records(items)], dtype=object)}
 
 
 def _decoded(batch: dict[str, np.ndarray], i: int) -> Decoded:

@@ -1,13 +1,13 @@
 """The work of ``pspnet-serve segment`` on decoded images, the same with and without Ray.
 
 :func:`decode_input` turns an input's bytes into a :class:`Decoded` (the image, or why there
-is none); a :class:`Segmenter` holds one engine and takes decoded images one at a time
-(:meth:`Segmenter.feed`), pooling the tiles of consecutive images into batches of
-``max_batch`` (:class:`TilePool`), and as each image's tiles have all run it stitches, encodes
-and writes that image's result (:func:`service.offline.manifest.atomic_write`) and returns its
-manifest line. :meth:`Segmenter.flush` runs what is left. The steps are the serving chain's
-(service.pipeline.chain: plan, run, stitch, the in-graph labels where one tile is the image;
-service.codec.outputs: the formats); only the batching across images is this module's.
+is none); a :class:`Segmenter` holds one engine and its :class:`~service.offline.pool.TilePool`
+and drives the serving chain (service.pipeline.chain: plan, run, crop the in-graph labels or
+stitch the logits) over decoded images in order (:meth:`Segmenter.segment`): the tiles of
+consecutive images share batches of ``max_batch``, and as each image's tiles have all run its
+result is encoded (service.codec.outputs), written (:func:`service.offline.manifest.atomic_write`)
+and its manifest line handed on. Only the batching across images (the pool) and the files are
+this package's; the chain is the server's.
 
 The plain command feeds every image of the run to one segmenter; with ``--ray`` each actor
 holds one and feeds it the batches Ray Data hands it (service.offline.on_ray). Pooling never changes
@@ -17,10 +17,10 @@ the same bytes.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,17 +34,10 @@ from service.engine.sessions import Engine, ProviderChoice
 from service.errors import ServiceError
 from service.offline.inputs import read_input
 from service.offline.manifest import Record, atomic_write
-from service.pipeline.chain import (
-    Chain,
-    Runner,
-    crop_labels,
-    graph_labels_window,
-    labels_runner,
-    make_plan,
-    stitch,
-)
+from service.offline.pool import BatchFailed, TilePool
+from service.pipeline.chain import Chain
 from service.pipeline.params import InferenceParams
-from service.protocol.plan import TilePlan
+from service.pipeline.timings import Timings
 
 
 @dataclass(frozen=True)
@@ -120,108 +113,15 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"  # anything else: say what it was
 
 
-@dataclass
-class _Waiting:
-    key: int
-    tiles: np.ndarray
-    taken: int = 0
-    rows: list[np.ndarray] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class Ran:
-    """The rows of one image's tiles (None if its batch failed), and its share of the run time."""
-
-    key: int
-    rows: np.ndarray | None
-    seconds: float
-    error: str | None = None
-
-
-class TilePool:
-    """The tiles of successive images run together, ``max_batch`` at a time, in order.
-
-    :meth:`add` queues an image's tiles and runs every full batch; :meth:`finish` runs the rest.
-    Both return the images whose tiles have all run, each with its rows in order and its share of
-    the run time (by tiles). A batch that raises fails every image with tiles in it, and their
-    tiles not yet run are dropped. At most ``max_batch - 1`` tiles wait beyond the current image.
-    """
-
-    def __init__(self, run: Runner, max_batch: int) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
-        self._run = run
-        self._max = max_batch
-        self._waiting: deque[_Waiting] = deque()
-        self._queued = 0
-
-    @property
-    def queued(self) -> int:
-        return self._queued
-
-    def add(self, key: int, tiles: np.ndarray) -> list[Ran]:
-        if len(tiles) == 0:
-            return [Ran(key, tiles, 0.0)]
-        self._waiting.append(_Waiting(key, tiles))
-        self._queued += len(tiles)
-        done: list[Ran] = []
-        while self._queued >= self._max:
-            done += self._run_batch(self._max)
-        return done
-
-    def finish(self) -> list[Ran]:
-        done: list[Ran] = []
-        while self._queued:
-            done += self._run_batch(min(self._max, self._queued))
-        return done
-
-    def _run_batch(self, n: int) -> list[Ran]:
-        picks: list[tuple[_Waiting, int, int]] = []
-        for w in self._waiting:
-            if n == 0:
-                break
-            start, stop = w.taken, min(len(w.tiles), w.taken + n)
-            picks.append((w, start, stop))
-            w.taken, n = stop, n - (stop - start)
-        size = sum(stop - start for _, start, stop in picks)
-        self._queued -= size
-        batch = np.concatenate([w.tiles[a:b] for w, a, b in picks]) if len(picks) > 1 \
-            else picks[0][0].tiles[picks[0][1]:picks[0][2]]
-        t0 = time.perf_counter()
-        try:
-            out = self._run(batch)
-        except Exception as e:  # ORT failures have several types: fail these images, keep going
-            return self._drop({id(w) for w, _, _ in picks}, f"inference failed: {e}")
-        seconds = time.perf_counter() - t0
-        offset = 0
-        for w, start, stop in picks:
-            w.rows.append(out[offset:offset + stop - start])
-            w.seconds += seconds * (stop - start) / size
-            offset += stop - start
-        done = []
-        while self._waiting and self._waiting[0].taken == len(self._waiting[0].tiles):
-            w = self._waiting.popleft()
-            done.append(Ran(w.key, w.rows[0] if len(w.rows) == 1 else np.concatenate(w.rows), w.seconds))
-        return done
-
-    def _drop(self, failed: set[int], error: str) -> list[Ran]:
-        dropped = [w for w in self._waiting if id(w) in failed]
-        self._waiting = deque(w for w in self._waiting if id(w) not in failed)
-        self._queued -= sum(len(w.tiles) - w.taken for w in dropped)
-        return [Ran(w.key, None, w.seconds, error) for w in dropped]
-
-
-@dataclass
-class _Pending:
-    decoded: Decoded
-    plan: TilePlan
-    window: tuple[int, int, int, int] | None
-    seconds: float
-
-
 class Segmenter:
-    """One engine; decoded images in, written results and their manifest lines out."""
+    """One engine and its tile pool; decoded images in, written results and their manifest lines out.
+
+    :meth:`segment` is the driver: each decoded image becomes an asyncio task running
+    ``chain.labels`` over the pool, which plans it and queues its tiles (running the batches they
+    fill, inline); the images those batches finished are encoded, written and recorded, and their
+    lines handed on as they finish; at the end the pool is flushed. :meth:`records` is the same
+    for callers without an event loop, streamed.
+    """
 
     def __init__(self, config: BulkConfig, engine: Engine | None = None) -> None:
         self.config = config
@@ -229,60 +129,87 @@ class Segmenter:
             config.model, provider=config.provider, intra_op_threads=config.threads, inter_op_threads=1,
             max_batch=config.max_batch)
         self.chain = Chain(self.engine.meta, config.limits)
-        fetch_labels = labels_runner(self.engine)
-        self._logits = TilePool(self.engine.run, config.max_batch)
-        self._labels = TilePool(fetch_labels, config.max_batch) if fetch_labels is not None else None
-        self._pending: dict[int, _Pending] = {}
-        self._next = 0
+        self.pool = TilePool(self.engine, config.max_batch)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._live = 0  # images started and not yet recorded
+        self._done: list[Record] = []  # their lines, in the order they finished
 
-    def feed(self, item: Decoded) -> list[Record]:
-        """Queue one image; the lines of the images finished meanwhile (this one, if it failed)."""
-        if item.rgb is None:
-            return [item.failed()]
+    async def segment(self, items: Iterable[Decoded]) -> AsyncIterator[Record]:
+        """Every item's line, as each finishes (one that failed to decode or plan at once)."""
+        for item in items:
+            if item.rgb is None:
+                yield item.failed()
+                continue
+            self._live += 1
+            task = asyncio.create_task(self._one(item, item.rgb))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            await self._settle()
+            for record in self._take():
+                yield record
+        self.pool.flush()
+        await self._settle()
+        for record in self._take():
+            yield record
+
+    def records(self, items: Iterable[Decoded]) -> Iterator[Record]:
+        """:meth:`segment` on an event loop of its own, each line handed on as it finishes."""
+        lines = self.segment(items)
+        with asyncio.Runner() as runner:
+            while (record := runner.run(_next(lines))) is not None:
+                yield record
+
+    async def _settle(self) -> None:
+        """Let every started image run until it is recorded or waits on the pool for its rows.
+
+        Nothing else suspends (planning, stitching and the batches run inline), so this ends.
+        """
+        while self._live > self.pool.waiting:
+            await asyncio.sleep(0)
+
+    def _take(self) -> list[Record]:
+        done, self._done = self._done, []
+        return done
+
+    async def _one(self, d: Decoded, rgb: np.ndarray) -> None:
+        """Label, encode, write and record one image; any failure is its line, never the run's end."""
+        timings = Timings()
+        try:
+            try:
+                labels, _ = await self.chain.labels(rgb, self.config.params, runner=self.pool,
+                                                    timings=timings)
+            finally:  # the time of its own steps (not the wait for the batch) and its share of the batches
+                spent = sum(s for stage, s in timings.stages.items() if stage != "batch")
+                spent += self.pool.seconds(asyncio.current_task())
+            self._done.append(self._write(d, rgb, labels, spent))
+        except BatchFailed as e:
+            self._done.append(_failed_later(d, str(e), spent))
+        except Exception as e:
+            self._done.append(_failed_later(d, _reason(e), spent))
+        finally:
+            self._live -= 1
+
+    def _write(self, d: Decoded, rgb: np.ndarray, labels: np.ndarray, spent: float) -> Record:
         t0 = time.perf_counter()
         try:
-            plan = make_plan(self.chain.meta, item.rgb, self.config.params)
-        except ServiceError as e:
-            return [_failed_later(item, _reason(e), time.perf_counter() - t0)]
-        key, self._next = self._next, self._next + 1
-        window = graph_labels_window(plan) if self._labels is not None else None
-        self._pending[key] = _Pending(item, plan, window, time.perf_counter() - t0)
-        pool = self._labels if window is not None and self._labels is not None else self._logits
-        return self._finish(pool.add(key, plan.tiles))
-
-    def flush(self) -> list[Record]:
-        """Run the tiles still queued; the lines of every image left."""
-        done = self._logits.finish() + (self._labels.finish() if self._labels is not None else [])
-        return self._finish(done)
-
-    def _finish(self, ran: list[Ran]) -> list[Record]:
-        return [self._write(self._pending.pop(r.key), r) for r in ran]
-
-    def _write(self, p: _Pending, ran: Ran) -> Record:
-        d = p.decoded
-        t0 = time.perf_counter()
-        if ran.rows is None:
-            return _failed_later(d, ran.error or "inference failed", p.seconds + ran.seconds)
-        assert d.rgb is not None
-        try:
-            labels = crop_labels(ran.rows, p.window) if p.window is not None else stitch(p.plan, ran.rows)
-            encoded = encode_output(self.config.output, self.chain.meta, d.rgb, labels, self.config.options)
+            encoded = encode_output(self.config.output, self.chain.meta, rgb, labels, self.config.options)
             atomic_write(self.config.out / d.job.output, encoded.body)
             classes = {str(c["id"]): c["fraction"]
                        for c in class_summary(labels, self.chain.meta.classes, self.chain.meta.palette)}
         except Exception as e:  # one image's failure is its manifest line, never the run's end
-            return _failed_later(d, _reason(e), p.seconds + ran.seconds + time.perf_counter() - t0)
-        seconds = d.seconds + p.seconds + ran.seconds + time.perf_counter() - t0
+            return _failed_later(d, _reason(e), spent + time.perf_counter() - t0)
+        seconds = d.seconds + spent + time.perf_counter() - t0
         return Record(d.job.source, d.job.output, "ok", d.width, d.height, round(seconds, 4), classes)
+
+
+async def _next(lines: AsyncIterator[Record]) -> Record | None:
+    return await anext(lines, None)
 
 
 def segment_locally(config: BulkConfig, jobs: Sequence[Job],
                     engine: Engine | None = None) -> Iterator[Record]:
     """Every job in this process, read and decoded one after another; its line as each finishes."""
-    segmenter = Segmenter(config, engine)
-    for job in jobs:
-        yield from segmenter.feed(decode_input(job, None, config.limits))
-    yield from segmenter.flush()
+    yield from Segmenter(config, engine).records(decode_input(job, None, config.limits) for job in jobs)
 
 
 def _failed_later(d: Decoded, error: str, seconds: float) -> Record:

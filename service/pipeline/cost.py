@@ -1,8 +1,9 @@
-"""What a request will cost in memory, known from the image header before decoding, and the budget.
+"""What a request will cost in memory, known from the image header before decoding.
 
-:func:`request_peak_bytes` adds up the arrays the chain keeps alive at the
-worst moment of each stage, from the header's width and height, the mode,
-scales and the model's class count and tile; :class:`MemoryBudget` admits a
+:func:`upload_cost` (an encoded upload) and :func:`pixels_cost` (decoded pixels) call
+:func:`request_peak_bytes`, which adds up the arrays the chain keeps alive at the
+worst moment of each stage, from the width and height, the mode, scales and the
+model's class count and tile; :class:`service.engine.admission.MemoryBudget` admits a
 request only while the requests in flight plus this one fit
 ``PSPNET_MAX_MEMORY_MB``. Bytes per input pixel, per stage (P = width x height):
 
@@ -18,7 +19,7 @@ request only while the requests in flight plus this one fit
   blend and Pillow's copy.
 
 The figures are upper bounds checked against measured peaks (tests/service/
-test_memory.py; RELIABILITY.md "Memory per request").
+pipeline/test_cost.py; RELIABILITY.md "Memory per request").
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from service.codec.sniff import declared_size, sniff_format
+from service.contract.artifact import ArtifactMeta
+from service.pipeline.params import InferenceParams
 from service.protocol.peak_bytes import stitch_peak_bytes
-from service.protocol.windows import ScaleGeometry, count_tiles
+from service.protocol.windows import ScaleGeometry, count_tiles, plan_geometry
 
 #: Pillow's frame, the RGB array, an orientation copy, and mode conversions of 8-bit inputs
 DECODE_BYTES_PER_PIXEL = 16
@@ -63,3 +67,32 @@ def request_peak_bytes(height: int, width: int, geometry: Sequence[ScaleGeometry
     return body_bytes + math.ceil(RSS_FACTOR * max(stages.values()))
 
 
+
+
+def upload_cost(meta: ArtifactMeta, data: bytes, params: InferenceParams, output: str) -> int | None:
+    """The most memory a request for the upload ``data`` will hold, read from its header before decoding.
+
+    None when the header cannot be read or the geometry cannot be planned: decoding or planning
+    then refuses the request with the right status. EXIF orientation may swap the sides, so both
+    readings are costed and the larger kept.
+    """
+    fmt = sniff_format(data)
+    size = declared_size(data, fmt) if fmt is not None else None
+    if size is None or size[0] < 1 or size[1] < 1:
+        return None
+    costs = [pixels_cost(meta, height, width, params, output, body_bytes=len(data))
+             for height, width in ((size[1], size[0]), (size[0], size[1]))]
+    return None if None in costs else max(c for c in costs if c is not None)
+
+
+def pixels_cost(meta: ArtifactMeta, height: int, width: int, params: InferenceParams, output: str, *,
+                body_bytes: int = 0) -> int | None:
+    """:func:`upload_cost` of an image of known size (decoded pixels sent as a tensor)."""
+    p = meta.protocol
+    try:
+        geometry = plan_geometry(height, width, tile=meta.tile, mode=params.mode, scales=params.scales,
+                                 flip=params.flip, base_size=p.base_size, stride_rate=p.stride_rate)
+    except ValueError:
+        return None
+    return request_peak_bytes(height, width, geometry, num_classes=meta.num_classes, tile=meta.tile,
+                              output=output, body_bytes=body_bytes)

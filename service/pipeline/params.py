@@ -8,6 +8,9 @@ The query string is strict (:func:`check_query`): a parameter the endpoint does 
 know, one given twice, or one that means nothing to the chosen output (``format``
 without ``output=overlay``) is a 400 naming it and what is allowed, never silently
 ignored: a typo would otherwise run with the defaults and look like an answer.
+
+Tested by tests/service/api/test_app.py (the rules as 400s through /v1) and
+tests/service/offline/test_work.py (resolve).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from service.contract.artifact import MODES, MULTISCALE, Mode, Protocol
+from service.contract.artifact import MODES, MULTISCALE, InferenceProtocol, Mode
 from service.errors import BadRequest
 
 MIN_SCALE, MAX_SCALE = 0.1, 4.0
@@ -47,7 +50,7 @@ def parse_scales(text: str, *, max_scales: int) -> tuple[float, ...]:
     return tuple(out)
 
 
-def resolve(protocol: Protocol, *, mode: str | None, flip: bool | None, scales: str | None,
+def resolve(protocol: InferenceProtocol, *, mode: str | None, flip: bool | None, scales: str | None,
             max_scales: int) -> InferenceParams:
     """The request's choices, defaults from the model's protocol for what it leaves out."""
     m = mode or protocol.mode

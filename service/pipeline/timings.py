@@ -1,4 +1,6 @@
 """Seconds per stage of one request, and when each began and ended (Server-Timing, metrics, traces).
+
+Tested by tests/service/pipeline/test_chain.py.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ Every value computed is the float64 value OpenCV and the official sum produce
 the full-size computation, ties included (the first class wins), as
 tests/service/protocol/test_stitch.py checks. :func:`uses_full_size` says when the
 full-size computation is used instead (service.protocol.stitch).
+
+Tested by tests/service/protocol/test_stitch.py (against the full-size oracle, every route).
 """
 
 from __future__ import annotations

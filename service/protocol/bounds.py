@@ -19,6 +19,8 @@ Margins and thirds are stored in float32. That is safe: a float32 margin above
 as an upper bound. ``MARGIN`` is far above the float64 rounding of the
 interpolation (a few times 1e-16 for values in [0, 1]) and far below any margin
 that matters, so only true near-ties are left for the exact computation.
+
+Tested by tests/service/protocol/test_stitch.py.
 """
 
 from __future__ import annotations

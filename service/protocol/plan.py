@@ -9,16 +9,16 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from service.contract.artifact import Mode
+from service.contract.artifact import Mode, Tiles
 from service.protocol.resize import resize_linear
 from service.protocol.windows import ScaleGeometry, count_tiles, plan_geometry
 
 
 @dataclass(frozen=True)
 class TilePlan:
-    """Tiles for one image and the geometry :func:`stitch` needs to undo them."""
+    """Tiles for one image and the geometry :mod:`service.protocol.stitch` needs to undo them."""
 
-    tiles: NDArray[np.float32]  # (T, 3, tile_h, tile_w), contiguous, raw 0..255 RGB
+    tiles: Tiles  # (T, 3, tile_h, tile_w), contiguous, raw 0..255 RGB
     image_size: tuple[int, int]  # (height, width) of the original image
     tile: tuple[int, int]
     mode: Mode

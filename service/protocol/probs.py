@@ -13,6 +13,8 @@ Two layouts of the same numbers: channel-last ranges of at most 128 classes
 (:func:`scale_probs_chw`, what the label stitcher reads: each class is a
 contiguous plane, so windows add in contiguous rows, about 8x faster than
 adding into a channel-last array through a transposed view).
+
+Tested by tests/service/protocol/test_stitch.py and tests/service/protocol/test_plan.py.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ IPP's resize, wider ones OpenCV's own, and the two differ by about 1e-5 on
 gradients (OpenCV's own path computes source coordinates in float32). Chunks are
 therefore cut as evenly as possible, so that every chunk of an array wider than
 128 channels has more than 4 and takes the path an unlimited OpenCV would take.
+
+Tested by tests/service/protocol/test_stitch.py and tests/service/protocol/test_plan.py.
 """
 
 from __future__ import annotations

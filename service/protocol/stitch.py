@@ -22,7 +22,7 @@ original image.
 ``whole`` resizes the image to exactly the tile (aspect ratio not kept): one
 tile (plus its mirror with ``flip``), whose probabilities are resized back.
 
-:func:`stitch` and :func:`stitch_float64` return those full-size probabilities
+:func:`summed_probs` returns those full-size probabilities, per channel range
 (8 x classes bytes per pixel in float64). :func:`stitch_labels`, what the
 server uses, returns exactly their argmax without ever holding them: when one
 window is the image, straight from its float32 probabilities; when the image is
@@ -63,7 +63,14 @@ def _check_logits(plan: TilePlan, logits: NDArray[np.float32]) -> NDArray[np.flo
     return np.asarray(logits, dtype=np.float32)
 
 
-def _stitch_chunks(plan: TilePlan, logits: NDArray[np.float32]) -> Chunks:
+def summed_probs(plan: TilePlan, logits: NDArray[np.float32]) -> Chunks:
+    """The official per-pixel probabilities of the whole image, float64, per channel range.
+
+    Every scale's probabilities resized to the image, summed, divided by the scale count:
+    8 x classes bytes per image pixel. :func:`stitch_labels` takes their argmax this way
+    only when the image is no larger than the working resolution (:func:`_full_size_labels`);
+    the tests' oracle (tests/service/stitch_oracle.py) joins the ranges.
+    """
     logits = _check_logits(plan, logits)
     total: Chunks = []
     for geom in plan.scales:
@@ -79,26 +86,6 @@ def _stitch_chunks(plan: TilePlan, logits: NDArray[np.float32]) -> Chunks:
         for _, probs in total:
             probs /= len(plan.scales)
     return total
-
-
-def stitch_float64(plan: TilePlan, logits: NDArray[np.float32]) -> NDArray[np.float64]:
-    """Per-pixel class probabilities (H, W, C) in float64, as the official code keeps them.
-
-    8 x C bytes per image pixel: for labels use :func:`stitch_labels`.
-    """
-    chunks = _stitch_chunks(plan, logits)
-    if len(chunks) == 1:
-        return chunks[0][1]
-    return np.concatenate([probs for _, probs in chunks], axis=2)
-
-
-def stitch(plan: TilePlan, logits: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Per-pixel class probabilities (H, W, C), float32, of the original image."""
-    chunks = _stitch_chunks(plan, logits)
-    out = np.empty((*plan.image_size, chunks[-1][0][1]), dtype=np.float32)
-    for (a, b), probs in chunks:
-        out[:, :, a:b] = probs
-    return out
 
 
 def _lone_window_labels(plan: TilePlan, logits: NDArray[np.float32]) -> Labels | None:
@@ -131,7 +118,7 @@ def _full_size_labels(plan: TilePlan, logits: NDArray[np.float32]) -> Labels:
     More than 128 classes stay in channel ranges; the argmax is taken per range,
     then across ranges.
     """
-    chunks = _stitch_chunks(plan, logits)
+    chunks = summed_probs(plan, logits)
     dtype = label_dtype(chunks[-1][0][1])
     best_label: NDArray[np.intp] = chunks[0][1].argmax(axis=2)
     if len(chunks) > 1:
@@ -160,7 +147,7 @@ def _general_labels(plan: TilePlan, logits: NDArray[np.float32]) -> Labels:
 def stitch_labels(plan: TilePlan, logits: NDArray[np.float32]) -> NDArray[np.uint8] | NDArray[np.uint16]:
     """Per-pixel argmax labels (H, W), uint8 (uint16 beyond 256 classes).
 
-    Exactly ``stitch_float64(plan, logits).argmax(-1)`` (ties: the first class),
+    Exactly the argmax of :func:`summed_probs` over all classes (ties: the first class),
     without ever holding per-class values of the full image: memory follows the
     working resolution (:func:`stitch_peak_bytes`), not image pixels x classes.
     """

@@ -17,6 +17,8 @@ when: an exact halving of both sides (OpenCV averages 2x2 blocks instead), and
 channel counts that OpenCV hands to IPP (1, 3 and 4 with the pip wheels; IPP
 computes its own coordinates, up to 3e-5 away). The second is found by a probe
 of the installed OpenCV, not assumed, once per channel count.
+
+Tested by tests/service/protocol/test_stitch.py.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ horizontal pass, then the vertical one) and of the official mean over scales
 float64 number the full-size computation holds for that pixel and class, to
 the last bit: :func:`dense` for rows of the image, :func:`mean_values` for
 chosen (pixel, class) pairs.
+
+Tested by tests/service/protocol/test_stitch.py (through the stitcher, bit for bit).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ tiles from the image header alone. The numbers are those of the official code
   ``pad // 2`` (the official ``int(pad / 2)``);
 * windows every ``ceil(tile * stride_rate)`` pixels, ``ceil((L - tile) / stride)
   + 1`` per axis, the last one moved back to end flush with the far edge.
+
+Tested by tests/service/protocol/test_plan.py and tests/service/protocol/test_peak_bytes.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One served model at run time: its engine, batcher, chain, health and statistics.
+"""One served model at run time: its engine, batcher, health and statistics.
 
 :func:`start_model` builds it (the engine in a thread), :meth:`ModelRuntime.warm_up`
 readies it, :meth:`ModelRuntime.stop` drains it. Health: a model whose batches
@@ -19,11 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.codec.decode import DecodeLimits
 from service.contract.artifact import ArtifactMeta
 from service.engine.batcher import TileBatcher
 from service.engine.sessions import Engine
-from service.pipeline.chain import Chain
 from service.repository.directory import ModelEntry
 from service.repository.stats import ModelStats
 from service.settings import Settings
@@ -72,7 +70,6 @@ class ModelRuntime:
     identity: FileIdentity
     engine: Engine
     batcher: TileBatcher
-    chain: Chain
     health: ModelHealth
     stats: ModelStats = field(default_factory=ModelStats)
     warmed: bool = False
@@ -172,8 +169,7 @@ async def start_model(entry: ModelEntry, settings: Settings, metrics: Metrics) -
                           max_queue_delay_s=settings.max_queue_delay_s, observer=observer,
                           tile_shape=(3, *engine.tile))
     await batcher.start()
-    chain = Chain(engine.meta, DecodeLimits(settings.max_body_bytes, settings.max_pixels))
     m = engine.meta
     metrics.set_model_info(m.name, dataset=m.dataset, provider=engine.provider,
                            tile=f"{m.tile[0]}x{m.tile[1]}", classes=str(m.num_classes))
-    return ModelRuntime(entry, identity, engine, batcher, chain, health, stats)
+    return ModelRuntime(entry, identity, engine, batcher, health, stats)

@@ -1,4 +1,7 @@
 """Cumulative statistics of one served model (rendered in Triton's shape by /v2/models/{name}/stats).
+
+Tested by tests/service/api/v2/test_routes.py (the stats route) and
+tests/service/repository/test_reload.py.
 """
 
 from __future__ import annotations
@@ -7,8 +10,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
-
-from service.api.v2.models import VERSION
 
 
 @dataclass
@@ -63,11 +64,11 @@ class ModelStats:
             d.count += 1
             d.ns += int(seconds * 1e9)
 
-    def json(self, name: str) -> dict[str, Any]:
-        """One entry of ``model_stats``."""
+    def json(self, name: str, version: str) -> dict[str, Any]:
+        """One entry of ``model_stats`` (Triton's statistics extension) for model ``name`` at ``version``."""
         with self._lock:
             return {
-                "name": name, "version": VERSION, "last_inference": self.last_inference_ms,
+                "name": name, "version": version, "last_inference": self.last_inference_ms,
                 "inference_count": self.inference_count, "execution_count": self.execution_count,
                 "inference_stats": {
                     "success": self.success.json(), "fail": self.fail.json(), "queue": self.queue.json(),

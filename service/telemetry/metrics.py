@@ -3,6 +3,9 @@
 Every series about a model carries a ``model`` label (its metadata name); for a
 request that names no model (health, metrics, an unknown path) it is empty.
 Each model's batcher reports through its own :class:`ModelObserver`.
+
+Tested by tests/service/api/test_app.py (the series a request moves), tests/deploy/test_dashboard.py
+and tests/deploy/test_reference_tables.py (the metrics table).
 """
 
 from __future__ import annotations

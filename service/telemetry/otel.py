@@ -1,10 +1,13 @@
-"""Request spans with the OpenTelemetry SDK (the ``otel`` extra); imported only by service/telemetry/tracing.py.
+"""Request spans with the OpenTelemetry SDK (the ``otel`` extra); imported only by
+service/telemetry/tracing.py.
 
 Stage spans are made after the request, from the start and end the chain
 recorded for each stage (``Timings.intervals``): the chain stays free of
 tracing, and a stage that runs in a worker thread needs no context handed to it.
 Their clock is ``perf_counter``, mapped onto the wall clock the request span
 started at, so children always nest inside their parent.
+
+Tested by tests/service/telemetry/test_tracing.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Request spans as the app sees them: the no-op base classes and what a stage interval is.
 
 service/telemetry/tracing.py picks the implementation (this, or service/telemetry/otel.py).
+
+Tested by tests/service/telemetry/test_tracing.py.
 """
 
 from __future__ import annotations

@@ -24,10 +24,24 @@ from service.contract.artifact import label_dtype
 from service.protocol.plan import TilePlan
 from service.protocol.probs import scale_probs_hwc
 from service.protocol.resize import channel_chunks, resize_linear
-from service.protocol.stitch import stitch_float64
+from service.protocol.stitch import summed_probs
 
 #: classes per group of the grouped oracle (8 bytes x group per image pixel, twice)
 GROUP = 16
+
+
+def stitch_float64(plan: TilePlan, logits: np.ndarray) -> np.ndarray:
+    """Per-pixel class probabilities (H, W, C) in float64, as the official code keeps them: the
+    channel ranges of :func:`service.protocol.stitch.summed_probs` side by side."""
+    chunks = summed_probs(plan, logits)
+    if len(chunks) == 1:
+        return chunks[0][1]
+    return np.concatenate([probs for _, probs in chunks], axis=2)
+
+
+def stitch_float32(plan: TilePlan, logits: np.ndarray) -> np.ndarray:
+    """The same probabilities rounded to float32 (the parity tests' and whole mode's comparisons)."""
+    return stitch_float64(plan, logits).astype(np.float32)
 
 
 def oracle_labels(plan: TilePlan, logits: np.ndarray) -> np.ndarray:

@@ -53,6 +53,7 @@ def _not_installed(name: str) -> str:
 def test_a_checkout_not_installed_reads_pyproject(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(metadata, "version", _not_installed)
     assert version.package_version() == f"{_pyproject_version()} (not installed)"
+    assert version.server_version() == _pyproject_version()  # what /v2 and the OpenAPI document say
     monkeypatch.setattr(version, "_PYPROJECT", tmp_path / "pyproject.toml")  # an installed copy: none there
     assert version.package_version() == "unknown"
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "something-else"\nversion = "9"\n')

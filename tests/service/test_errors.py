@@ -9,7 +9,7 @@ import pytest
 from service.errors import (
     PROBLEM_MEDIA_TYPE,
     PROBLEM_TYPE_PREFIX,
-    PROBLEMS,
+    PROBLEM_TYPES,
     BadRequest,
     DeadlineExceeded,
     NotReady,
@@ -35,8 +35,10 @@ def test_each_class_has_its_status_and_a_complete_body(cls: type[ServiceError], 
     exc = cls("what happened this time")
     assert exc.status == status == status_of(exc)
     body = problem_body(exc, request_id="rid-1", instance="/v1/segment")
+    kind = PROBLEM_TYPES[cls]
+    assert exc.problem_type == kind
     assert body == {
-        "type": PROBLEM_TYPE_PREFIX + PROBLEMS[cls].slug, "title": PROBLEMS[cls].title, "status": status,
+        "type": PROBLEM_TYPE_PREFIX + kind.slug, "title": kind.title, "status": status,
         "detail": "what happened this time", "instance": "/v1/segment", "request_id": "rid-1",
     }
     json.dumps(body)  # serialisable as is
@@ -44,7 +46,7 @@ def test_each_class_has_its_status_and_a_complete_body(cls: type[ServiceError], 
 
 def test_types_and_titles_are_distinct_per_class() -> None:
     # Two 503s must still be told apart by "type" (clients switch on it).
-    assert len({p.type for p in PROBLEMS.values()}) == len(PROBLEMS)
+    assert len({p.type for p in PROBLEM_TYPES.values()}) == len(PROBLEM_TYPES)
     overloaded = problem_body(Overloaded(), request_id="r")
     not_ready = problem_body(NotReady(), request_id="r")
     assert overloaded["status"] == not_ready["status"] == 503 and overloaded["type"] != not_ready["type"]

@@ -21,7 +21,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from model.labels_output import add_labels_output
-from service.contract.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ArtifactMeta, Protocol
+from service.contract.artifact import (
+    INPUT_NAME,
+    METADATA_KEY,
+    OUTPUT_NAME,
+    ArtifactMeta,
+    InferenceProtocol,
+)
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -36,7 +42,8 @@ def tiny_meta(*, tile: tuple[int, int] = (32, 48), num_classes: int = 5, name: s
     return ArtifactMeta(
         name=name, dataset="tiny", classes=tuple(f"class{i}" for i in range(num_classes)),
         palette=tiny_palette(num_classes), tile=tile, mean=MEAN, std=STD, align_corners=False,
-        protocol=Protocol(mode="slide", base_size=max(tile), scales=(1.0,), stride_rate=2 / 3, flip=False),
+        protocol=InferenceProtocol(mode="slide", base_size=max(tile), scales=(1.0,), stride_rate=2 / 3,
+                                   flip=False),
         source={"format": "tiny-test-graph", "checkpoint_sha256": None},
     )
 

@@ -1,26 +1,30 @@
 """Our own API: ``/v1/models``, ``/v1/models/{name}``, ``/v1/segment`` (the default model) and
-``/v1/models/{name}/segment`` (any model of the repository), with the same body and parameters."""
+``/v1/models/{name}/segment`` (any model of the repository), with the same body and parameters.
+
+Tested by tests/service/api/test_app.py and tests/service/api/v1/test_query.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from service.api.auth import require_token
-from service.api.inference import accounted, run_admitted
+from service.api.inference import Call, infer, model_call
 from service.api.openapi import ModelInfo, ModelsResponse, problems, segment_operation
 from service.api.uploads import image_bytes
 from service.api.v1.query import check_no_query, check_query
 from service.codec.encode import OverlayFormat
-from service.codec.outputs import FORMATS, OutputOptions, output_format
+from service.codec.outputs import FORMATS, Encoded, OutputOptions, encode_output, output_format
 from service.contract.artifact import Mode
-from service.pipeline.params import InferenceParams, resolve
-from service.repository.runtime import ModelRuntime
-from service.repository.state import Service, service_of
+from service.pipeline.chain import Upload
+from service.pipeline.params import resolve
+from service.repository.state import service_of
 
 
 @dataclass(frozen=True)
@@ -74,54 +78,39 @@ def router() -> APIRouter:
     async def segment(request: Request, q: Annotated[SegmentQuery, Depends(segment_query)]) -> Response:
         """Segment one image with the default model: the raw body (Content-Type image/*) or
         multipart field ``image``."""
-        service = service_of(request)
-        with service.default_runtime().admitted() as rt:
-            return await _segment(request, service, rt, q)
+        with model_call(request) as call:
+            return await _segment(call, q)
 
     @r.post("/v1/models/{name}/segment", openapi_extra=segment_operation(), response_class=Response,
             responses=problems(400, 401, 404, 413, 415, 422, 503, 504))
     async def segment_with(request: Request, name: str,
                            q: Annotated[SegmentQuery, Depends(segment_query)]) -> Response:
         """Segment one image with model ``name``; body and parameters as /v1/segment."""
-        service = service_of(request)
-        with service.runtime(name).admitted() as rt:
-            return await _segment(request, service, rt, q)
+        with model_call(request, name) as call:
+            return await _segment(call, q)
 
     return r
 
 
-async def _segment(request: Request, service: Service, rt: ModelRuntime, q: SegmentQuery) -> Response:
-    settings = service.settings
-    request.scope["state"]["model"] = rt.name  # the metrics' and the access line's model
-    service.serving(rt)
+async def _segment(call: Call, q: SegmentQuery) -> Response:
+    request, settings, meta = call.request, call.service.settings, call.rt.meta
     output_format(q.output)  # an unknown format is a 400 before the body is read
     # so is a parameter that is unknown, repeated or means nothing to this output
     check_query([k for k, _ in request.query_params.multi_items()], q.output)
-    params = resolve(rt.meta.protocol, mode=q.mode, flip=q.flip, scales=q.scales,
-                     max_scales=settings.max_scales)
-    deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
+    params = resolve(meta.protocol, mode=q.mode, flip=q.flip, scales=q.scales, max_scales=settings.max_scales)
     data, ctype = await image_bytes(request, settings.max_body_bytes)
-    rt.batcher.check_room()  # refuse before decoding what could not be queued anyway
     options = OutputOptions.from_settings(settings, overlay_format=q.format or "jpeg",
                                           include_mask=bool(q.include_mask))
-    # from the header, before decoding: an unreadable one costs nothing here, decoding refuses it
-    need = rt.chain.peak_bytes(data, params, q.output) or 0
-    return await run_admitted(request, service, rt, need, lambda: _run(
-        request, service, rt, data, ctype, params, q.output, options, deadline))
 
+    def encode(rgbs: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Encoded:
+        return encode_output(q.output, meta, rgbs[0], labels[0], options)
 
-async def _run(request: Request, service: Service, rt: ModelRuntime, data: bytes, ctype: str | None,
-               params: InferenceParams, output: str, options: OutputOptions, deadline: float) -> Response:
-    assert service.executor is not None
-    async with accounted(request, service, rt, images=1) as timings, asyncio.timeout_at(deadline):
-        result = await rt.chain.segment_batched(
-            data, params, output, options, batcher=rt.batcher, executor=service.executor,
-            deadline=deadline, content_type=ctype, timings=timings)
-    labels = result.labels
+    result = await infer(call, [Upload(data, ctype)], params, encode, output=q.output)
+    labels = result.labels[0]
     request.scope["state"]["log_extra"] = {
         "mode": params.mode, "scales": list(params.scales), "flip": params.flip, "tiles": result.tiles,
-        "output": output, "width": int(labels.shape[1]), "height": int(labels.shape[0]),
+        "output": q.output, "width": int(labels.shape[1]), "height": int(labels.shape[0]),
     }
     return Response(result.encoded.body, media_type=result.encoded.media_type, headers={
-        "server-timing": timings.header(), "x-pspnet-tiles": str(result.tiles),
+        "server-timing": result.timings.header(), "x-pspnet-tiles": str(result.tiles),
         "x-pspnet-mode": params.mode})

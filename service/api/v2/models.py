@@ -6,6 +6,8 @@ Every artifact is served the same way: two inputs of which a request sends one
 [H, W, 3] unbatched) and one output ``labels`` of the input's size (UINT8, UINT16
 beyond 256 classes). Each model is version "1". Statistics follow Triton's
 ``/v2/models/{name}/stats`` shape: cumulative counts and nanoseconds.
+
+Tested by tests/service/api/v2/test_routes.py (metadata, config, statistics, the repository index).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from service.api.v2.codec import datatype_of
 from service.contract.artifact import ArtifactMeta, label_dtype
 from service.errors import BadRequest
 
-VERSION = "1"
+MODEL_VERSION = "1"
 #: a model's state in the repository index, as Triton names them
 READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
 PLATFORM = "pspnet_onnx"
@@ -41,7 +43,7 @@ def _tensors(meta: ArtifactMeta) -> tuple[list[dict[str, Any]], list[dict[str, A
 def metadata(meta: ArtifactMeta) -> dict[str, Any]:
     """``GET /v2/models/{name}``."""
     inputs, outputs = _tensors(meta)
-    return {"name": meta.name, "versions": [VERSION], "platform": PLATFORM, "inputs": inputs,
+    return {"name": meta.name, "versions": [MODEL_VERSION], "platform": PLATFORM, "inputs": inputs,
             "outputs": outputs}
 
 
@@ -70,7 +72,7 @@ def config(meta: ArtifactMeta, *, max_batch_tiles: int, max_wait_ms: float) -> d
 
 
 def index_entry(name: str, state: str, reason: str | None = None, *,
-                version: str | None = VERSION) -> dict[str, str]:
+                version: str | None = MODEL_VERSION) -> dict[str, str]:
     """One entry of ``POST /v2/repository/index``: ``name``, ``version`` (left out for a file that
     never loaded), ``state`` and, when there is one, the ``reason`` for it (as Triton: no empty
     reason)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.api.auth import require_token
-from service.api.inference import accounted, run_admitted
+from service.api.inference import Call, infer, model_call
 from service.api.openapi import RepositoryIndexEntry, index_operation, infer_operation, oip_errors
 from service.api.uploads import read_body
 from service.api.v2.codec import (
@@ -38,17 +39,17 @@ from service.api.v2.codec import (
 )
 from service.api.v2.models import (
     LOADING,
+    MODEL_VERSION,
     READY,
     UNAVAILABLE,
     UNLOADING,
-    VERSION,
     config,
     index_entry,
     metadata,
     parse_index_request,
 )
-from service.codec.decode import decode
 from service.errors import BadRequest, NotFound, PayloadTooLarge
+from service.pipeline.chain import Upload
 from service.pipeline.params import InferenceParams, resolve
 from service.repository.runtime import ModelRuntime
 from service.repository.state import Service, service_of
@@ -65,8 +66,8 @@ VV = "/v2/models/{name}/versions/{version}"
 
 
 def _model(request: Request, name: str, version: str | None) -> ModelRuntime:
-    if version is not None and version != VERSION:
-        raise NotFound(f"model {name!r} has version {VERSION} only, not {version!r}")
+    if version is not None and version != MODEL_VERSION:
+        raise NotFound(f"model {name!r} has version {MODEL_VERSION} only, not {version!r}")
     rt = service_of(request).runtime(name)
     request.scope["state"]["model"] = rt.name  # the metrics' and the access line's model
     return rt
@@ -97,7 +98,7 @@ def router(server_version: str) -> APIRouter:
     @r.get("/v2/models/stats", responses=oip_errors(401))
     async def all_stats(request: Request) -> dict[str, Any]:
         service = service_of(request)
-        return {"model_stats": [rt.stats.json(rt.name) for rt in service.models.values()]}
+        return {"model_stats": [rt.stats.json(rt.name, MODEL_VERSION) for rt in service.models.values()]}
 
     @r.post("/v2/repository/index", response_model=list[RepositoryIndexEntry],
             response_model_exclude_none=True, openapi_extra=index_operation(),
@@ -138,14 +139,13 @@ def router(server_version: str) -> APIRouter:
             @r.get(prefix + "/stats", name=f"model_stats{suffix}", responses=found)
             async def model_stats(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
                 rt = _model(request, name, version)
-                return {"model_stats": [rt.stats.json(rt.name)]}
+                return {"model_stats": [rt.stats.json(rt.name, MODEL_VERSION)]}
 
             @r.post(prefix + "/infer", name=f"model_infer{suffix}", openapi_extra=infer_operation(),
                     responses=oip_errors(400, 401, 404, 413, 415, 422, 503, 504))
             async def model_infer(request: Request, name: str, version: str | None = None) -> Response:
-                service = service_of(request)
-                with _model(request, name, version).admitted() as rt:
-                    return await _infer(request, service, rt)
+                with model_call(request, rt=_model(request, name, version)) as call:
+                    return await _infer(call)
 
         routes()
 
@@ -214,23 +214,15 @@ def _one_input(req: InferRequest) -> Tensor:
     return t
 
 
-def _same_size(sizes: list[tuple[int, int]]) -> None:
-    if len(set(sizes)) > 1:
-        listed = ", ".join(f"{w}x{h}" for h, w in sizes)
-        raise BadRequest(f"the images of one request must share one size; got {listed}")
-
-
-async def _infer(request: Request, service: Service, rt: ModelRuntime) -> Response:
-    settings = service.settings
-    service.serving(rt)
+async def _infer(call: Call) -> Response:
+    request, settings, rt = call.request, call.service.settings, call.rt
     body = await read_body(request, settings.max_body_bytes)
     # off the event loop: a JSON tensor of 360x480 pixels takes about 0.2 s to parse, 20 MB over a second
-    req = await asyncio.get_running_loop().run_in_executor(service.executor, functools.partial(
+    req = await asyncio.get_running_loop().run_in_executor(call.service.executor, functools.partial(
         parse_request, body, request.headers.get(HEADER_LENGTH), max_elements=settings.max_pixels * 3))
     tensor = _one_input(req)
     params = _params(rt, req, settings.max_scales)
-    deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
-    rt.batcher.check_room()
+    images: list[Upload] | np.ndarray
     if tensor.name == "pixels":
         assert isinstance(tensor.data, np.ndarray)
         batched = tensor.data.ndim == 4
@@ -238,48 +230,20 @@ async def _infer(request: Request, service: Service, rt: ModelRuntime) -> Respon
         h, w = images.shape[1:3]
         if h * w > settings.max_pixels:
             raise PayloadTooLarge(f"{w}x{h} pixels is over the limit of {settings.max_pixels}")
-        need = len(images) * (rt.chain.peak_bytes_for(h, w, params, "label") or 0)
-        work_input: list[bytes] | np.ndarray = images
     else:
         assert isinstance(tensor.data, list)
         batched = True
-        work_input = tensor.data
-        need = sum(rt.chain.peak_bytes(data, params, "label") or 0 for data in tensor.data)
-    return await run_admitted(request, service, rt, need, lambda: _run(
-        request, service, rt, req, work_input, params, deadline, batched))
+        images = [Upload(data) for data in tensor.data]
 
-
-async def _run(request: Request, service: Service, rt: ModelRuntime, req: InferRequest,
-               work_input: list[bytes] | np.ndarray, params: InferenceParams, deadline: float,
-               batched: bool) -> Response:
-    assert service.executor is not None
-    executor = service.executor
-    loop = asyncio.get_running_loop()
-    count = len(work_input)
-    async with accounted(request, service, rt, images=count) as timings:
-        async with asyncio.timeout_at(deadline):
-            if isinstance(work_input, list):
-                with timings.stage("decode"):
-                    decoded = await asyncio.gather(*(loop.run_in_executor(
-                        executor, decode, data, None, rt.chain.limits) for data in work_input))
-                rgbs = [d.rgb for d in decoded]
-                _same_size([rgb.shape[:2] for rgb in rgbs])
-            else:
-                rgbs = list(work_input)
-            # every image's tiles at once, so they share batches
-            results = await asyncio.gather(*(rt.chain.labels_batched(
-                np.ascontiguousarray(rgb), params, batcher=rt.batcher, executor=executor, deadline=deadline,
-                timings=timings) for rgb in rgbs))
-        labels = np.stack([lab for lab, _ in results])
-        if not batched:
-            labels = labels[0]
+    def encode(rgbs: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> tuple[bytes, dict[str, str]]:
         # the chain's label maps are already of the one label dtype (service.contract.artifact.label_dtype)
-        with timings.stage("encode"):
-            body, headers = encode_response(rt.name, VERSION, req.id, [Output("labels", labels)],
-                                            [req.binary_output("labels")])
-    tiles = sum(n for _, n in results)
-    request.scope["state"]["log_extra"] = {"mode": params.mode, "scales": list(params.scales),
-                                           "flip": params.flip, "tiles": tiles, "images": count}
-    headers["server-timing"] = timings.header()
-    return Response(body, headers=headers)
+        stacked = np.stack(labels) if batched else labels[0]
+        return encode_response(rt.name, MODEL_VERSION, req.id, [Output("labels", stacked)],
+                               [req.binary_output("labels")])
 
+    result = await infer(call, images, params, encode, output="label")
+    body, headers = result.encoded
+    request.scope["state"]["log_extra"] = {"mode": params.mode, "scales": list(params.scales),
+                                           "flip": params.flip, "tiles": result.tiles, "images": len(images)}
+    headers["server-timing"] = result.timings.header()
+    return Response(body, headers=headers)

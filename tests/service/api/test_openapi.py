@@ -13,9 +13,11 @@ from typing import Any
 import jsonschema
 import pytest
 
+from service.api import openapi
 from service.api.app import create_app
 from service.api.v1.query import COMMON_QUERY, OPTION_QUERY
-from service.codec.sniff import FORMATS as IMAGE_FORMATS
+from service.codec.encode import ClassShare
+from service.codec.sniff import IMAGE_FORMATS
 from service.errors import PROBLEM_MEDIA_TYPE
 from service.settings import Settings
 from tests.service.api_client import png_bytes, serving
@@ -96,6 +98,30 @@ def test_the_browser_pages_stay_out_of_the_document(model: Path) -> None:
     paths = set(_schema(model)["paths"])
     assert not {"/", "/docs", "/web/app.js"} & paths
     assert {"/healthz", "/readyz", "/metrics", "/v1/models", "/v1/segment", "/v2"} <= paths
+
+
+def test_class_share_is_the_one_the_json_output_is_built_of(model: Path) -> None:
+    """``ClassShare`` is defined once (service/codec/encode.py, what ``class_summary`` returns) and
+    the OpenAPI document keeps its component name and schema exactly."""
+    assert openapi.Segmentation.model_fields["classes"].annotation == list[ClassShare]
+    schemas = _schema(model)["components"]["schemas"]
+    classes = schemas["Segmentation"]["properties"]["classes"]
+    assert classes["items"] == {"$ref": "#/components/schemas/ClassShare"}
+    assert schemas["ClassShare"] == {
+        "description": "A class present in the image and the share of pixels it covers.",
+        "properties": {
+            "id": {"title": "Id", "type": "integer"},
+            "name": {"title": "Name", "type": "string"},
+            "color": {"description": "red, green, blue (0-255)", "items": {"type": "integer"},
+                      "maxItems": 3, "minItems": 3, "title": "Color", "type": "array"},
+            "pixels": {"title": "Pixels", "type": "integer"},
+            "fraction": {"description": "of all pixels", "maximum": 1, "minimum": 0, "title": "Fraction",
+                         "type": "number"},
+        },
+        "required": ["id", "name", "color", "pixels", "fraction"],
+        "title": "ClassShare",
+        "type": "object",
+    }
 
 
 @pytest.mark.anyio

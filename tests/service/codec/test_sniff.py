@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.codec.sniff import FORMATS, MAX_STEPS, declared_size, sniff_format
+from service.codec.sniff import IMAGE_FORMATS, MAX_STEPS, declared_size, sniff_format
 from tests.service import hostile_images as hi
 
 RGB = Image.fromarray(hi.pattern(37, 53))  # odd sizes: width and height cannot be swapped unnoticed
@@ -50,7 +50,7 @@ def test_format_and_size_agree_with_pillow(name: str) -> None:
 
 def test_one_by_one_in_every_format() -> None:
     one = Image.new("RGB", (1, 1), (9, 8, 7))
-    for fmt in FORMATS:
+    for fmt in IMAGE_FORMATS:
         data = hi.encode(one, fmt)
         assert sniff_format(data) == fmt
         assert declared_size(data, fmt) == (1, 1)
@@ -80,7 +80,7 @@ def test_bomb_headers_are_read_without_the_pixels() -> None:
     assert declared_size(hi.tiff_with_size(hi.encode(small, "TIFF"), 60000, 60001), "TIFF") == (60000, 60001)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", IMAGE_FORMATS)
 def test_truncated_headers_give_none(fmt: str) -> None:
     data = hi.encode(RGB, fmt)
     for n in (len(sniff_prefix(fmt)), 12, 20):

@@ -96,7 +96,7 @@ def engines(model: Path) -> tuple[Engine, Engine]:
 def test_cuda_really_runs_the_model(model: Path, engines: tuple[Engine, Engine], tmp_path: Path) -> None:
     """The engine's session is on CUDA, and ORT's profile puts every convolution there."""
     _, gpu = engines
-    assert gpu.provider == CUDA and gpu.fallback_reason is None, gpu.describe()
+    assert gpu.provider == CUDA and gpu.fallback_reason is None, gpu.fallback_reason
     so = session_options(0, 1)
     so.enable_profiling = True
     so.profile_file_prefix = str(tmp_path / "profile")

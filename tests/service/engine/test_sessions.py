@@ -79,11 +79,10 @@ def test_warmup_runs_every_batch_size_then_ready(artifact: Path) -> None:
         return real_run(tiles, names, session=session)
 
     engine.run_outputs = spy  # type: ignore[method-assign]
-    assert not engine.ready and engine.warmup_seconds is None
+    assert engine.warmup_seconds is None
     seconds = engine.warmup()
     assert seen == [1, 2, 3]
-    assert engine.ready and engine.warmup_seconds == seconds and seconds > 0
-    assert engine.describe()["ready"] is True
+    assert engine.warmup_seconds == seconds and seconds > 0
     with pytest.raises(ValueError):
         engine.warmup([4])
 
@@ -111,7 +110,6 @@ def test_named_outputs_on_cpu(tmp_path: Path) -> None:
     both = Engine(build_tiny_artifact(tmp_path / "labels.onnx", tile=TILE, num_classes=CLASSES,
                                       with_labels=True), provider="cpu", max_batch=4)
     assert plain.outputs == ("logits",) and both.outputs == ("logits", "labels")
-    assert both.describe()["outputs"] == ["logits", "labels"]
     tiles = random_tiles(3, seed=4)
     logits = both.run(tiles)
     np.testing.assert_array_equal(logits, plain.run(tiles))  # the extra output changes nothing else
@@ -157,7 +155,8 @@ def test_intra_op_threads_per_session() -> None:
 
 def test_several_cpu_sessions_run_at_once_and_agree(artifact: Path) -> None:
     engine = Engine(artifact, provider="cpu", max_batch=2, sessions=2)
-    assert engine.sessions == 2 and engine.intra_op_threads == max(1, service.engine.sessions.usable_cores() // 2)
+    half = max(1, service.engine.sessions.usable_cores() // 2)
+    assert engine.sessions == 2 and engine.intra_op_threads == half
     runners = engine.runners()
     assert [r.session for r in runners] == [0, 1] and all(r.outputs == ("logits",) for r in runners)
     tiles = [random_tiles(2, seed=s) for s in range(8)]
@@ -333,7 +332,7 @@ def test_cuda_session_options_and_io_binding(artifact: Path, fake_ort: type[Fake
     np.testing.assert_array_equal(out, fake_logits(tiles))
     assert not np.shares_memory(out, again)
     engine.warmup()
-    assert s.bound_runs == 2 + 4 and engine.ready
+    assert s.bound_runs == 2 + 4 and engine.warmup_seconds is not None
 
 
 def test_cpu_choice_never_tries_cuda(artifact: Path, fake_ort: type[FakeSession]) -> None:
@@ -360,7 +359,6 @@ def test_cuda_requested_but_not_built_falls_back_loudly(artifact: Path, fake_ort
         engine = Engine(artifact, provider="cuda", max_batch=2)
     assert engine.provider == CPU and fake_ort.created[0].providers == [CPU]
     assert engine.fallback_reason is not None and "onnxruntime-gpu" in engine.fallback_reason
-    assert engine.describe()["fallback_reason"] == engine.fallback_reason
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
     assert "CUDA FALLBACK" in caplog.records[0].getMessage()
 
@@ -445,7 +443,7 @@ def test_several_cuda_sessions(artifact: Path, fake_ort: type[FakeSession],
     np.testing.assert_array_equal(out["labels"], fake_outputs(random_tiles(2))["labels"])
     assert [s.bound_runs for s in sessions] == [0, 0, 1]
     engine.warmup()  # every session, every batch size
-    assert [s.bound_runs for s in sessions] == [2, 2, 3] and engine.ready
+    assert [s.bound_runs for s in sessions] == [2, 2, 3] and engine.warmup_seconds is not None
 
 
 def test_sessions_run_concurrently_each_one_at_a_time(artifact: Path, fake_ort: type[FakeSession]) -> None:

@@ -1,4 +1,4 @@
-"""The engine's ONNX Runtime sessions do not busy-wait unless asked (see service.engine.sessions.session_options)."""
+"""ONNX Runtime sessions do not busy-wait unless asked (service.engine.sessions.session_options)."""
 
 from __future__ import annotations
 

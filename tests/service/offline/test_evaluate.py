@@ -11,11 +11,13 @@ import pytest
 from PIL import Image
 
 from service.cli import main
+from service.codec.decode import NO_LIMITS
 from service.contract.scoring import confusion_matrix, scores
 from service.engine.sessions import Engine
 from service.offline.inputs import read_image
-from service.pipeline.chain import labels_offline
+from service.pipeline.chain import Chain
 from service.pipeline.params import resolve
+from service.pipeline.runner import EngineRunner
 from tests.service.api_client import png_bytes
 from tests.service.tiny_model import build_tiny_artifact
 
@@ -63,8 +65,8 @@ def test_evaluate_cli_writes_table_json_and_chart(tmp_path: Path, capsys: pytest
     hits = np.zeros(5)
     unions = np.zeros(5)
     for i in range(3):
-        pred = labels_offline(engine.meta, engine.run, read_image(images / f"im{i}.png").rgb, params,
-                              max_batch=4)
+        pred = Chain(engine.meta, NO_LIMITS).labels_now(read_image(images / f"im{i}.png").rgb, params,
+                                                        runner=EngineRunner(engine, 4))[0]
         truth = np.asarray(Image.open(labels / f"im{i}.png"))
         valid = truth < 5
         for c in range(5):

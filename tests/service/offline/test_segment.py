@@ -12,15 +12,22 @@ import pytest
 from PIL import Image
 
 from service.cli import main
+from service.codec.decode import NO_LIMITS, DecodeLimits
 from service.codec.encode import encode_overlay
 from service.engine.sessions import Engine
+from service.offline import work
 from service.offline.inputs import read_image
-from service.offline.manifest import Record
-from service.offline.work import Decoded, Segmenter
-from service.pipeline.chain import labels_offline
-from service.pipeline.params import resolve
+from service.offline.work import Decoded, Job
+from service.pipeline.chain import Chain
+from service.pipeline.params import InferenceParams, resolve
+from service.pipeline.runner import EngineRunner
 from tests.service.api_client import png_bytes
 from tests.service.bulk_files import outputs, tree
+
+
+def labels_alone(engine: Engine, rgb: np.ndarray, params: InferenceParams) -> np.ndarray:
+    """The chain's labels of one image on its own (four tiles a batch)."""
+    return Chain(engine.meta, NO_LIMITS).labels_now(rgb, params, runner=EngineRunner(engine, 4))[0]
 
 
 @pytest.fixture
@@ -50,7 +57,7 @@ def test_labels_are_the_chains(model: Path, images: list[Path], tmp_path: Path) 
                  "--mode", "multiscale", "--scales", "0.75,1.25", "--flip"]) == 0
     engine = Engine(model, provider="cpu")
     params = resolve(engine.meta.protocol, mode="multiscale", flip=True, scales="0.75,1.25", max_scales=8)
-    expected = labels_offline(engine.meta, engine.run, read_image(images[1]).rgb, params, max_batch=4)
+    expected = labels_alone(engine, read_image(images[1]).rgb, params)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "img1.png")), expected)
 
 
@@ -62,8 +69,8 @@ def test_overlay_takes_the_settings_from_env_and_flags(model: Path, images: list
                  "--overlay-alpha", "0.8"]) == 0
     engine = Engine(model, provider="cpu")
     rgb = read_image(images[0]).rgb
-    labels = labels_offline(engine.meta, engine.run, rgb, resolve(engine.meta.protocol, mode=None, flip=None,
-                                                                  scales=None, max_scales=8), max_batch=4)
+    labels = labels_alone(engine, rgb, resolve(engine.meta.protocol, mode=None, flip=None, scales=None,
+                                               max_scales=8))
     assert (out / "img0.jpg").read_bytes() == encode_overlay(rgb, labels, engine.meta.palette, alpha=0.8,
                                                               fmt="jpeg", quality=40)
     assert main(["segment", str(images[0]), "--out", str(out), "--output", "overlay", "--model", str(model),
@@ -114,7 +121,7 @@ def test_a_folder_is_read_recursively_and_its_layout_mirrored(model: Path, tmp_p
     engine = Engine(model, provider="cpu")
     params = resolve(engine.meta.protocol, mode=None, flip=None, scales=None, max_scales=8)
     for name in written:
-        expected = labels_offline(engine.meta, engine.run, read_image(src / name).rgb, params, max_batch=4)
+        expected = labels_alone(engine, read_image(src / name).rgb, params)
         np.testing.assert_array_equal(np.asarray(Image.open(out / name)), expected)
 
 
@@ -191,20 +198,20 @@ def test_a_run_that_died_leaves_what_it_did_for_the_next(model: Path, tmp_path: 
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     src = tree(tmp_path / "in", {"a.png": png_bytes(30, 40, seed=1), "b.png": png_bytes(30, 40, seed=2)})
     out = tmp_path / "out"
-    real_feed = Segmenter.feed
-    fed: list[str] = []
+    real_decode = work.decode_input
+    decoded: list[str] = []
 
-    def feed_then_die(self: Segmenter, item: Decoded) -> list[Record]:
-        if fed:
+    def decode_then_die(job: Job, data: bytes | None, limits: DecodeLimits) -> Decoded:
+        if decoded:
             raise KeyboardInterrupt
-        fed.append(item.job.source)
-        return real_feed(self, item) + self.flush()
+        decoded.append(job.source)
+        return real_decode(job, data, limits)
 
-    monkeypatch.setattr(Segmenter, "feed", feed_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        main(["segment", str(src), "--out", str(out), "--model", str(model)])
+    monkeypatch.setattr(work, "decode_input", decode_then_die)
+    with pytest.raises(KeyboardInterrupt):  # a's tiles fill a batch of one: a is written before b is read
+        main(["segment", str(src), "--out", str(out), "--model", str(model), "--max-batch", "1"])
     assert not (out / "manifest.jsonl").exists() and (out / ".manifest.jsonl.partial").exists()
-    monkeypatch.setattr(Segmenter, "feed", real_feed)
+    monkeypatch.setattr(work, "decode_input", real_decode)
     assert main(["segment", str(src), "--out", str(out), "--model", str(model)]) == 0
     a, b = manifest(out)
     assert (a["status"], b["status"]) == ("skipped", "ok") and a["classes"]  # a's line came from the partial

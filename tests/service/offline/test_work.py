@@ -1,66 +1,50 @@
-"""service.offline.work: tiles of successive images pooled into batches; results as the chain's, per image."""
+"""service.offline.work: the chain over the tile pool, image after image; results as the chain's, per image.
+
+The pool itself: test_pool.py.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from service.codec.decode import NO_LIMITS
-from service.codec.outputs import OutputOptions
+from service.codec.decode import NO_LIMITS, decode
+from service.codec.outputs import OutputOptions, encode_output
 from service.engine.sessions import Engine
-from service.offline.work import BulkConfig, Decoded, Job, Segmenter, TilePool, decode_input, output_suffix
-from service.pipeline.chain import Chain, labels_runner
+from service.offline.work import BulkConfig, Decoded, Job, Segmenter, decode_input, output_suffix
+from service.pipeline.chain import Chain
 from service.pipeline.params import resolve
+from service.pipeline.runner import EngineRunner
 from tests.service.api_client import png_bytes
 from tests.service.tiny_model import build_tiny_artifact
 
 
-def tiles_of(key: int, n: int) -> np.ndarray:
-    """n distinct one-value tiles of image ``key``: value key * 100 + i."""
-    return (key * 100 + np.arange(n, dtype=np.float32)).reshape(n, 1, 1, 1)
+def decoded(sizes: list[tuple[int, int]], config: BulkConfig) -> Iterator[Decoded]:
+    for i, (h, w) in enumerate(sizes):
+        job = Job(f"in/{i}.png", f"in/{i}.png", f"{i}.png")
+        yield decode_input(job, png_bytes(h, w, seed=i), config.limits)
 
 
-def test_tiles_of_successive_images_fill_batches_in_order() -> None:
-    batches: list[int] = []
-
-    def run(tiles: np.ndarray) -> np.ndarray:
-        batches.append(len(tiles))
-        return tiles * 2
-
-    pool = TilePool(run, max_batch=4)
-    done = []
-    for key, n in enumerate([1, 3, 2, 5, 2]):
-        done += pool.add(key, tiles_of(key, n))
-    # 13 tiles: three full batches ran as soon as they filled; the last image waits with one tile run
-    assert batches == [4, 4, 4] and pool.queued == 1 and [r.key for r in done] == [0, 1, 2, 3]
-    done += pool.finish()
-    assert batches == [4, 4, 4, 1]
-    assert [r.key for r in done] == [0, 1, 2, 3, 4]
-    for r, n in zip(done, [1, 3, 2, 5, 2], strict=True):
-        assert r.rows is not None
-        np.testing.assert_array_equal(r.rows, tiles_of(r.key, n) * 2)
-        assert r.seconds >= 0 and r.error is None
-
-
-def test_a_failing_batch_fails_its_images_only() -> None:
+def count_batches(engine: Engine, fail: Sequence[int] = ()) -> dict[str, list[int]]:
+    """The size of each batch the engine runs, per output, from now on; the calls in ``fail`` raise."""
+    batches: dict[str, list[int]] = {}
+    real = engine.run_outputs
     calls = 0
 
-    def run(tiles: np.ndarray) -> np.ndarray:
+    def run_outputs(tiles: np.ndarray, names: Sequence[str], **kwargs: Any) -> dict[str, np.ndarray]:
         nonlocal calls
         calls += 1
-        if calls == 2:
+        if calls in fail:
             raise RuntimeError("device lost")
-        return tiles
+        batches.setdefault(names[0], []).append(len(tiles))
+        return real(tiles, names, **kwargs)
 
-    pool = TilePool(run, max_batch=2)
-    done = pool.add(0, tiles_of(0, 1)) + pool.add(1, tiles_of(1, 2))  # batch 1: [0, 1a]
-    done += pool.add(2, tiles_of(2, 3))  # batch 2: [1b, 2a] fails: 1 and 2 dropped with their queued tiles
-    done += pool.add(3, tiles_of(3, 1)) + pool.finish()
-    assert [(r.key, r.error) for r in done] == [(0, None), (1, "inference failed: device lost"),
-                                                (2, "inference failed: device lost"), (3, None)]
-    assert pool.queued == 0 and calls == 3
+    engine.run_outputs = run_outputs  # type: ignore[method-assign]
+    return batches
 
 
 @pytest.mark.parametrize("with_labels", [False, True])
@@ -76,18 +60,18 @@ def test_pooled_results_are_the_chains_per_image(tmp_path: Path, with_labels: bo
                         out=tmp_path / "out", max_pixels=10**6, max_batch=3)
     sizes = [(30, 40), (32, 48), (50, 70), (20, 20), (24, 48), (90, 60), (16, 48)]  # 3 of one tile
     segmenter = Segmenter(config, engine)
-    records = []
-    for i, (h, w) in enumerate(sizes):
-        job = Job(f"in/{i}.png", f"in/{i}.png", f"{i}.png")
-        records += segmenter.feed(decode_input(job, png_bytes(h, w, seed=i), config.limits))
-    records += segmenter.flush()
+    batches = count_batches(engine)
+    records = list(segmenter.records(decoded(sizes, config)))
     assert sorted(r.input for r in records) == [f"in/{i}.png" for i in range(len(sizes))]
     assert all(r.status == "ok" for r in records)
+    # tiles of successive images shared batches: every batch of an output full but its last
+    assert all(n == 3 for batch in batches.values() for n in batch[:-1])
     chain = Chain(engine.meta, NO_LIMITS)
     for i, (h, w) in enumerate(sizes):
-        alone = chain.segment(png_bytes(h, w, seed=i), params, "color", OutputOptions(), run=engine.run,
-                              run_labels=labels_runner(engine), max_batch=3)
-        assert (config.out / f"{i}.png").read_bytes() == alone.encoded.body
+        rgb = decode(png_bytes(h, w, seed=i), None, NO_LIMITS).rgb
+        alone, _ = chain.labels_now(rgb, params, runner=EngineRunner(engine, 3))
+        assert (config.out / f"{i}.png").read_bytes() == encode_output("color", engine.meta, rgb, alone,
+                                                                       OutputOptions()).body
 
 
 def test_an_image_that_cannot_be_planned_fails_alone(tmp_path: Path, model: Path) -> None:
@@ -98,9 +82,26 @@ def test_an_image_that_cannot_be_planned_fails_alone(tmp_path: Path, model: Path
     segmenter = Segmenter(config, engine)
     thin = decode_input(Job("thin", "thin", "thin.png"), png_bytes(1, 400), config.limits)
     wide = decode_input(Job("wide", "wide", "wide.png"), png_bytes(300, 400), config.limits)
-    records = segmenter.feed(thin) + segmenter.feed(wide) + segmenter.flush()
+    records = list(segmenter.records([thin, wide]))
     assert [(r.input, r.status) for r in records] == [("thin", "error"), ("wide", "ok")]
     assert "cannot segment a 400x1 image" in (records[0].error or "")
+
+
+def test_a_failing_batch_fails_its_images_and_the_rest_go_on(tmp_path: Path, model: Path) -> None:
+    engine = Engine(model, provider="cpu", max_batch=2)
+    params = resolve(engine.meta.protocol, mode="whole", flip=None, scales=None, max_scales=8)
+    config = BulkConfig(model=model, params=params, output="label", options=OutputOptions(),
+                        out=tmp_path / "out", max_pixels=10**6, max_batch=2)
+    count_batches(engine, fail=[2])
+    # one tile each: batches [0, 1], [2, 3] (fails), [4]
+    records = list(Segmenter(config, engine).records(decoded([(30, 40)] * 5, config)))
+    assert [(r.input, r.status, r.error) for r in records] == [
+        ("in/0.png", "ok", None), ("in/1.png", "ok", None),
+        ("in/2.png", "error", "inference failed: device lost"),
+        ("in/3.png", "error", "inference failed: device lost"), ("in/4.png", "ok", None)]
+    assert all(r.seconds is not None and r.seconds > 0 for r in records)
+    assert records[2].output is None and (records[2].width, records[2].height) == (40, 30)
+    assert sorted(p.name for p in config.out.iterdir()) == ["0.png", "1.png", "4.png"]
 
 
 def test_decoding_failures_are_the_inputs_errors(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The request chain: each step alone, then the synchronous and the batched chain against each other."""
+"""The request chain: each step alone, then its faces (async, sync) against each other."""
 
 from __future__ import annotations
 
@@ -10,19 +10,12 @@ import numpy as np
 import pytest
 
 from service.codec.decode import NO_LIMITS, DecodeLimits, decode
-from service.codec.outputs import OUTPUTS, OutputOptions
+from service.codec.outputs import OUTPUTS, Encoded, OutputOptions, encode_output
 from service.engine.sessions import Engine
 from service.errors import BadRequest, PayloadTooLarge
-from service.pipeline.chain import (
-    Chain,
-    Segmentation,
-    labels_offline,
-    labels_runner,
-    make_plan,
-    run_chunked,
-    stitch,
-)
+from service.pipeline.chain import Chain, Segmented, Upload, prepare, run_now
 from service.pipeline.params import InferenceParams
+from service.pipeline.runner import EngineRunner
 from service.pipeline.timings import Timings
 from service.protocol.stitch import stitch_labels
 from tests.service.api_client import png_bytes
@@ -30,6 +23,7 @@ from tests.service.tiny_model import build_tiny_artifact
 
 SLIDE = InferenceParams(mode="slide", scales=(1.0,), flip=False)
 MULTI_FLIP = InferenceParams(mode="multiscale", scales=(0.75, 1.25), flip=True)
+LOGITS = ("logits",)
 
 
 @pytest.fixture(scope="module")
@@ -47,31 +41,41 @@ def test_decode_applies_the_limits_it_is_given() -> None:
         decode(data, "image/png", DecodeLimits(max_bytes=1 << 20, max_pixels=40 * 60 - 1))
 
 
-def test_make_plan_refuses_geometry_it_cannot_plan_as_a_400(engine: Engine) -> None:
-    plan = make_plan(engine.meta, np.zeros((40, 60, 3), np.uint8), MULTI_FLIP)
-    assert plan.num_tiles > 2 and plan.flip
+def test_prepare_refuses_geometry_it_cannot_plan_as_a_400(engine: Engine) -> None:
+    work = prepare(engine.meta, np.zeros((40, 60, 3), np.uint8), MULTI_FLIP, LOGITS)
+    assert work.plan.num_tiles > 2 and work.plan.flip and work.output == "logits" and work.window is None
     thin = np.zeros((1, 4000, 3), np.uint8)  # scale 0.75 of base 48 shrinks its height to nothing
-    with pytest.raises(BadRequest, match="cannot segment a 4000x1"):
-        make_plan(engine.meta, thin, MULTI_FLIP)
+    with pytest.raises(BadRequest, match=r"cannot segment a 4000x1.*mode=whole serves"):
+        prepare(engine.meta, thin, MULTI_FLIP, LOGITS)
 
 
-def test_run_chunked_runs_at_most_max_batch_tiles_at_a_time_in_order() -> None:
-    seen: list[int] = []
+class SpyEngine:
+    def __init__(self) -> None:
+        self.seen: list[int] = []
 
-    def run(tiles: np.ndarray) -> np.ndarray:
-        seen.append(len(tiles))
-        return tiles[:, :1] * 2
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return LOGITS
 
+    def run_outputs(self, tiles: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        self.seen.append(len(tiles))
+        return {"logits": tiles[:, :1] * 2}
+
+
+def test_the_engine_runner_runs_at_most_max_batch_tiles_at_a_time_in_order() -> None:
+    spy = SpyEngine()
     tiles = np.arange(7 * 3 * 2 * 2, dtype=np.float32).reshape(7, 3, 2, 2)
-    out = run_chunked(run, tiles, 3)
-    assert seen == [3, 3, 1]
+    out = EngineRunner(spy, 3).run(tiles)
+    assert spy.seen == [3, 3, 1]
     np.testing.assert_array_equal(out, tiles[:, :1] * 2)
+    with pytest.raises(ValueError, match="max_batch"):
+        EngineRunner(spy, 0)
 
 
-def test_stitch_is_the_tiling_label_stitcher(engine: Engine) -> None:
-    plan = make_plan(engine.meta, np.asarray(decode(png_bytes(50, 70), None, NO_LIMITS).rgb), SLIDE)
-    logits = run_chunked(engine.run, plan.tiles, 3)
-    np.testing.assert_array_equal(stitch(plan, logits), stitch_labels(plan, logits))
+def test_finishing_logits_is_the_protocols_label_stitcher(engine: Engine) -> None:
+    work = prepare(engine.meta, np.asarray(decode(png_bytes(50, 70), None, NO_LIMITS).rgb), SLIDE, LOGITS)
+    logits = EngineRunner(engine, 3).run(work.plan.tiles)
+    np.testing.assert_array_equal(work.finish(logits), stitch_labels(work.plan, logits))
 
 
 def test_timings_add_up_per_stage_and_format_as_server_timing() -> None:
@@ -84,10 +88,24 @@ def test_timings_add_up_per_stage_and_format_as_server_timing() -> None:
     assert t.header().startswith("decode;dur=3.0, encode;dur=")
 
 
+def test_run_now_refuses_a_coroutine_that_waits() -> None:
+    async def waits() -> int:
+        await asyncio.sleep(0)
+        return 1
+
+    async def answers() -> int:
+        return 2
+
+    assert run_now(answers()) == 2
+    with pytest.raises(RuntimeError, match="event loop"):
+        run_now(waits())
+
+
 # --- the chain -----------------------------------------------------------------------------------------
 
 class ChunkingBatcher:
-    """A stand-in for the batcher: runs the tiles on the engine, in batches of its own size."""
+    """A stand-in for the batcher: runs the tiles on the engine, in batches of its own size, after
+    yielding to the event loop (as the batcher's queue does)."""
 
     def __init__(self, engine: Engine, size: int) -> None:
         self.engine, self.size, self.calls = engine, size, 0
@@ -98,7 +116,17 @@ class ChunkingBatcher:
 
     async def submit(self, tiles: np.ndarray, *, deadline: float, output: str = "logits") -> np.ndarray:
         self.calls += 1
-        return run_chunked(lambda t: self.engine.run_outputs(t, (output,))[output], tiles, self.size)
+        await asyncio.sleep(0)
+        return EngineRunner(self.engine, self.size).run(tiles, output)
+
+
+def _batched(chain: Chain, images: Sequence[Upload] | np.ndarray, params: InferenceParams,
+             encode: object, batcher: ChunkingBatcher) -> Segmented[object]:
+    async def body() -> Segmented[object]:
+        with ThreadPoolExecutor(2) as pool:
+            return await chain.segment(images, params, encode, runner=batcher, cpu=pool,  # type: ignore[arg-type]
+                                       deadline=asyncio.get_running_loop().time() + 30)
+    return asyncio.run(body())
 
 
 @pytest.mark.parametrize("params", [SLIDE, MULTI_FLIP], ids=["slide", "multiscale-flip"])
@@ -108,36 +136,50 @@ def test_the_batched_chain_answers_what_the_synchronous_one_does(engine: Engine,
     chain = Chain(engine.meta, NO_LIMITS)
     data = png_bytes(50, 70, seed=3)
     options = OutputOptions(overlay_alpha=0.3, jpeg_quality=70, include_mask=True)
-    sync = chain.segment(data, params, output, options, run=engine.run, max_batch=3)
+    rgb = decode(data, None, NO_LIMITS).rgb
+    labels, tiles = chain.labels_now(rgb, params, runner=EngineRunner(engine, 3))
+    want = encode_output(output, engine.meta, rgb, labels, options)
+
+    def encode(rgbs: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Encoded:
+        return encode_output(output, engine.meta, rgbs[0], labels[0], options)
+
     batcher = ChunkingBatcher(engine, 2)
-
-    async def batched() -> Segmentation:
-        with ThreadPoolExecutor(2) as pool:
-            return await chain.segment_batched(data, params, output, options, batcher=batcher,
-                                               executor=pool, deadline=asyncio.get_running_loop().time() + 30)
-
-    result = asyncio.run(batched())
-    assert result.encoded == sync.encoded
-    np.testing.assert_array_equal(result.labels, sync.labels)
-    assert batcher.calls == 1 and sync.tiles == result.tiles
-    assert set(sync.timings.stages) == {"decode", "plan", "run", "stitch", "encode"}
+    result = _batched(chain, [Upload(data)], params, encode, batcher)
+    assert result.encoded == want
+    np.testing.assert_array_equal(result.labels[0], labels)
+    assert batcher.calls == 1 and result.tiles == tiles
     assert set(result.timings.stages) == {"decode", "plan", "batch", "stitch", "encode"}
+    assert [d.rgb.shape for d in result.images] == [rgb.shape]
 
 
-def test_labels_offline_is_the_chain_without_decode_and_encode(engine: Engine) -> None:
+def test_several_images_share_one_pass_and_one_size(engine: Engine) -> None:
+    chain = Chain(engine.meta, NO_LIMITS)
+    uploads = [Upload(png_bytes(40, 60, seed=s)) for s in (1, 2)]
+    batcher = ChunkingBatcher(engine, 3)
+    result = _batched(chain, uploads, SLIDE, lambda rgbs, labels: len(labels), batcher)
+    assert result.encoded == 2 and batcher.calls == 2 and len(result.labels) == 2
+    pixels = np.stack([decode(u.data, None, NO_LIMITS).rgb for u in uploads])
+    from_pixels = _batched(chain, pixels, SLIDE, lambda rgbs, labels: labels, batcher)
+    assert from_pixels.images == () and from_pixels.tiles == result.tiles
+    for a, b in zip(from_pixels.labels, result.labels, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(BadRequest, match="share one size; got 60x40, 61x40"):
+        _batched(chain, [uploads[0], Upload(png_bytes(40, 61))], SLIDE, lambda rgbs, labels: 0, batcher)
+
+
+def test_labels_now_is_the_chain_without_decode_and_encode(engine: Engine) -> None:
     rgb = decode(png_bytes(45, 66, seed=5), None, NO_LIMITS).rgb
-    labels, tiles = Chain(engine.meta, NO_LIMITS).labels(rgb, MULTI_FLIP, run=engine.run, max_batch=3)
-    plan = make_plan(engine.meta, rgb, MULTI_FLIP)
+    labels, tiles = Chain(engine.meta, NO_LIMITS).labels_now(rgb, MULTI_FLIP, runner=EngineRunner(engine, 3))
+    plan = prepare(engine.meta, rgb, MULTI_FLIP, LOGITS).plan
     assert tiles == plan.num_tiles
-    np.testing.assert_array_equal(labels, stitch_labels(plan, run_chunked(engine.run, plan.tiles, 3)))
-    np.testing.assert_array_equal(labels_offline(engine.meta, engine.run, rgb, MULTI_FLIP, max_batch=2),
-                                  labels)
+    np.testing.assert_array_equal(labels, stitch_labels(plan, EngineRunner(engine, 2).run(plan.tiles)))
 
 
 def test_the_chain_refuses_what_its_limits_refuse(engine: Engine) -> None:
     chain = Chain(engine.meta, DecodeLimits(max_bytes=1 << 20, max_pixels=100))
     with pytest.raises(PayloadTooLarge):
-        chain.segment(png_bytes(20, 20), SLIDE, "color", OutputOptions(), run=engine.run, max_batch=3)
+        _batched(chain, [Upload(png_bytes(20, 20))], SLIDE, lambda rgbs, labels: 0,
+                 ChunkingBatcher(engine, 3))
 
 
 @pytest.fixture(scope="module")
@@ -147,35 +189,44 @@ def labels_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     return Engine(path, provider="cpu", intra_op_threads=1, max_batch=3)
 
 
+class LogitsOnly:
+    """The labels engine seen as an artifact without in-graph labels."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return LOGITS
+
+    def run_outputs(self, tiles: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        return self.engine.run_outputs(tiles, names)
+
+
 def test_one_tile_plans_fetch_the_in_graph_labels_and_others_the_logits(labels_engine: Engine) -> None:
-    """Only where one window is the image unmirrored; same labels as the logits path, both chains."""
+    """Only where one window is the image unmirrored; same labels as the logits path, every face."""
     chain = Chain(labels_engine.meta, NO_LIMITS)
     fetched: list[tuple[str, ...]] = []
 
-    def spy(tiles: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-        fetched.append(tuple(names))
-        return labels_engine.run_outputs(tiles, names)
+    class Spy(LogitsOnly):
+        @property
+        def outputs(self) -> tuple[str, ...]:
+            return self.engine.outputs
 
-    assert labels_runner(labels_engine) is not None
+        def run_outputs(self, tiles: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+            fetched.append(tuple(names))
+            return self.engine.run_outputs(tiles, names)
+
     for size, params, graph in [((32, 48), InferenceParams("whole", (1.0,), False), True),
                                 ((24, 48), SLIDE, True),  # base 48 keeps it, padded into one tile
                                 ((32, 48), InferenceParams("whole", (1.0,), True), False),  # mirrored
                                 ((50, 70), SLIDE, False), ((50, 70), MULTI_FLIP, False)]:
         rgb = decode(png_bytes(*size, seed=7), None, NO_LIMITS).rgb
         fetched.clear()
-        via_graph, _ = chain.labels(rgb, params, run=labels_engine.run, max_batch=3,
-                                    run_labels=lambda t: spy(t, ("labels",))["labels"])
-        assert (fetched == [("labels",)]) == graph, (size, params)
-        via_logits, _ = chain.labels(rgb, params, run=labels_engine.run, max_batch=3)
+        via_graph, _ = chain.labels_now(rgb, params, runner=EngineRunner(Spy(labels_engine), 3))
+        assert (set(fetched) == {("labels",)}) == graph, (size, params)
+        via_logits, _ = chain.labels_now(rgb, params, runner=EngineRunner(LogitsOnly(labels_engine), 3))
         np.testing.assert_array_equal(via_graph, via_logits)
-        batcher = ChunkingBatcher(labels_engine, 3)
-
-        async def batched(rgb: np.ndarray = rgb, params: InferenceParams = params,
-                          batcher: ChunkingBatcher = batcher) -> np.ndarray:
-            with ThreadPoolExecutor(1) as pool:
-                labels, _ = await chain.labels_batched(
-                    rgb, params, batcher=batcher, executor=pool,
-                    deadline=asyncio.get_running_loop().time() + 30, timings=Timings())
-            return labels
-
-        np.testing.assert_array_equal(asyncio.run(batched()), via_logits)
+        batched = _batched(chain, rgb[None], params, lambda rgbs, labels: None,
+                           ChunkingBatcher(labels_engine, 3))
+        np.testing.assert_array_equal(batched.labels[0], via_logits)

@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import tracemalloc
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from service.codec.decode import NO_LIMITS
-from service.codec.outputs import OutputOptions
+from service.codec.outputs import Encoded, OutputOptions, encode_output
 from service.engine.admission import MemoryBudget, retry_after_seconds
 from service.engine.sessions import Engine
 from service.errors import Overloaded, PayloadTooLarge
-from service.pipeline.chain import Chain
+from service.pipeline.chain import Chain, Upload
+from service.pipeline.cost import upload_cost
 from service.pipeline.params import InferenceParams
+from service.pipeline.runner import EngineRunner
 from service.settings import Settings
 from tests.service.api_client import metric_samples, png_bytes, serving
 from tests.service.tiny_model import build_tiny_artifact
@@ -85,20 +88,26 @@ def test_the_estimate_bounds_the_measured_peak(wide_engine: Engine, size: tuple[
     (the largest where Pillow's untraced frame is most of the request); 1.53 and 1.69 at 6 MP. The
     upper bound keeps the estimate from drifting.
     """
-    chain = Chain(wide_engine.meta, NO_LIMITS)
+    meta = wide_engine.meta
     rng = np.random.default_rng(0)
     data = png_bytes(*size, seed=int(rng.integers(100)))
-    estimate = chain.peak_bytes(data, params, output)
+    estimate = upload_cost(meta, data, params, output)
     assert estimate is not None
-    peak = _traced_peak(lambda: chain.segment(data, params, output, OutputOptions(), run=wide_engine.run,
-                                              max_batch=4))
+    chain = Chain(meta, NO_LIMITS)
+
+    def encode(rgbs: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Encoded:
+        return encode_output(output, meta, rgbs[0], labels[0], OutputOptions())
+
+    # the whole road in this thread: decode, plan, run, stitch, encode
+    peak = _traced_peak(lambda: asyncio.run(chain.segment([Upload(data)], params, encode,
+                                                          runner=EngineRunner(wide_engine, 4))))
     assert peak <= estimate, f"measured {peak / MB:.1f} MB over the estimate {estimate / MB:.1f} MB"
     assert estimate <= 2.5 * peak, f"estimate {estimate / MB:.1f} MB is loose against {peak / MB:.1f} MB"
 
 
 def test_an_unreadable_header_is_left_to_the_decoder(wide_engine: Engine) -> None:
-    chain = Chain(wide_engine.meta, NO_LIMITS)
-    assert chain.peak_bytes(b"not an image", InferenceParams("slide", (1.0,), False), "color") is None
+    meta = wide_engine.meta
+    assert upload_cost(meta, b"not an image", InferenceParams("slide", (1.0,), False), "color") is None
 
 
 @pytest.mark.anyio
@@ -106,7 +115,7 @@ async def test_over_the_budget_is_413_alone_and_503_beside_others(model: Path,
                                                                   slow_engine: threading.Event) -> None:
     body = png_bytes(200, 300)
     meta = Engine(model, provider="cpu").meta
-    need = Chain(meta, NO_LIMITS).peak_bytes(body, InferenceParams("slide", (1.0,), False), "color")
+    need = upload_cost(meta, body, InferenceParams("slide", (1.0,), False), "color")
     assert need is not None
     limit_mb = -(-int(need * 1.5) // MB)  # room for one such request, not two
     assert Settings(model=model, max_memory_mb=limit_mb).max_memory_mb == limit_mb
@@ -134,8 +143,8 @@ async def test_a_memory_503_says_the_same_retry_after_as_a_queue_503(model: Path
     """One rule for every overload 503 (service.engine.admission.retry_after_seconds): the model's queued work
     over its recent throughput, whether the queue or the memory budget refused (it was 1 s for memory)."""
     small, big = png_bytes(200, 300), png_bytes(1000, 1500)
-    chain = Chain(Engine(model, provider="cpu").meta, NO_LIMITS)
-    need = {name: chain.peak_bytes(body, InferenceParams("whole", (1.0,), flip), "color")
+    meta = Engine(model, provider="cpu").meta
+    need = {name: upload_cost(meta, body, InferenceParams("whole", (1.0,), flip), "color")
             for name, body, flip in [("small", small, False), ("flip", small, True), ("big", big, False)]}
     assert all(n is not None for n in need.values())
     ns, nf, nb = (int(need[k] or 0) for k in ("small", "flip", "big"))

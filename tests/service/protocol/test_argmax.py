@@ -8,7 +8,8 @@ import pytest
 from service.protocol import stitch as tiling
 from service.protocol.argmax import argmax_classes
 from service.protocol.plan import plan_tiles
-from service.protocol.stitch import stitch_float64, stitch_labels
+from service.protocol.stitch import stitch_labels
+from tests.service.stitch_oracle import stitch_float64
 
 MEAN = (123.675, 116.28, 103.53)
 

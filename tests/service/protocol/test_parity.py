@@ -13,22 +13,22 @@ same body also checks eager PyTorch (which isolates the protocol from the export
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from service.engine.runners import LogitsFn
 from service.protocol.plan import TilePlan, plan_tiles
-from service.protocol.stitch import stitch
 from tests.bounds import within
+from tests.service.stitch_oracle import stitch_float32
 
 torch = pytest.importorskip("torch")  # the model side builds the network; a slim service install skips
 
 from model.convert import load_checkpoint  # noqa: E402
 from model.export import export_onnx  # noqa: E402
-from service.contract.artifact import ArtifactMeta, Mode, Protocol  # noqa: E402
+from service.contract.artifact import ArtifactMeta, InferenceProtocol, Mode  # noqa: E402
 from service.engine.sessions import Engine  # noqa: E402
 from tests.recipe import recipe_weights  # noqa: E402
 
@@ -46,10 +46,8 @@ STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 # Protocol mistakes are far larger: resizing the image as uint8 gives 2.1e-5, no flip 1.2e-2.
 BOUND = 2e-7
 
-Runner = Callable[[np.ndarray], np.ndarray]
 
-
-def _memoised(run: Runner, batch: int) -> Runner:
+def _memoised(run: LogitsFn, batch: int) -> LogitsFn:
     """Run each distinct tile once: slide's tiles are multiscale's scale-1.0 tiles."""
     seen: dict[bytes, np.ndarray] = {}
 
@@ -88,7 +86,7 @@ def official_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
 
 @pytest.fixture(scope="session")
 def onnx_runner(official_checkpoint: tuple[Path, dict[str, np.ndarray]],
-                tmp_path_factory: pytest.TempPathFactory) -> Runner:
+                tmp_path_factory: pytest.TempPathFactory) -> LogitsFn:
     """Convert, export at 233x233 and run with the service's engine on CPU."""
     model, _ = load_checkpoint(official_checkpoint[0], "semseg")
     meta = ArtifactMeta(
@@ -96,7 +94,8 @@ def onnx_runner(official_checkpoint: tuple[Path, dict[str, np.ndarray]],
         classes=tuple(f"class{i}" for i in range(CLASSES)),
         palette=tuple((i, 2 * i, 3 * i) for i in range(CLASSES)), tile=TILE,
         mean=MEAN, std=STD, align_corners=True,
-        protocol=Protocol(mode="slide", base_size=BASE_SIZE, scales=(1.0,), stride_rate=2 / 3, flip=True),
+        protocol=InferenceProtocol(mode="slide", base_size=BASE_SIZE, scales=(1.0,), stride_rate=2 / 3,
+                                   flip=True),
     )
     path = tmp_path_factory.mktemp("parity") / "pspnet50-19.onnx"
     export_onnx(model, meta, path)
@@ -105,7 +104,7 @@ def onnx_runner(official_checkpoint: tuple[Path, dict[str, np.ndarray]],
 
 
 @pytest.fixture(scope="session")
-def eager_runner(official_checkpoint: tuple[Path, dict[str, np.ndarray]]) -> Runner:
+def eager_runner(official_checkpoint: tuple[Path, dict[str, np.ndarray]]) -> LogitsFn:
     """model.pspnet.PSPNet with the recipe weights under our names, normalising as net_process."""
     from model.pspnet import PSPNet, PSPNetConfig
 
@@ -140,18 +139,18 @@ def _plan(mode: Mode, *, flip: bool = True) -> TilePlan:
     ("eager_runner", "slide"),  # multiscale would cost 9x the tiles and add nothing the ONNX run lacks
 ])
 def test_matches_the_official_protocol(runner: str, mode: Mode, request: pytest.FixtureRequest) -> None:
-    run: Runner = request.getfixturevalue(runner)
+    run: LogitsFn = request.getfixturevalue(runner)
     expected = np.load(PROTOCOL / f"probs_{mode}.npy")
     plan = _plan(mode)
-    probs = stitch(plan, run(plan.tiles))
+    probs = stitch_float32(plan, run(plan.tiles))
     assert probs.shape == expected.shape == (150, 200, CLASSES)
     error = float(np.abs(probs.astype(np.float64) - expected).max())
     within(f"protocol_parity[{runner} {mode}]", error, BOUND)
 
 
-def test_the_bound_catches_a_protocol_slip(onnx_runner: Runner) -> None:
+def test_the_bound_catches_a_protocol_slip(onnx_runner: LogitsFn) -> None:
     """Dropping flip (same windows, no mirrors) lands far outside the bound: the test can fail."""
     expected = np.load(PROTOCOL / "probs_slide.npy")
     plan = _plan("slide", flip=False)
-    error = float(np.abs(stitch(plan, onnx_runner(plan.tiles)).astype(np.float64) - expected).max())
+    error = float(np.abs(stitch_float32(plan, onnx_runner(plan.tiles)).astype(np.float64) - expected).max())
     assert error > 1000 * BOUND

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from importlib.metadata import version as distribution_version
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ async def test_server_and_model_metadata(model: Path) -> None:
         ready_model = await c.get("/v2/models/tiny/ready")
         config = (await c.get("/v2/models/tiny/config")).json()
     assert server["name"] == "pspnet-serving" and "binary_tensor_data" in server["extensions"]
+    assert server["version"] == distribution_version("pspnet-serving")  # the package's, no "(not installed)"
     assert live.status_code == 200 and ready.status_code == 200 and ready_model.status_code == 200
     assert meta == versioned and meta["versions"] == ["1"]
     assert {i["name"]: (i["datatype"], i["shape"]) for i in meta["inputs"]} == {

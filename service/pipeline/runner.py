@@ -1,0 +1,72 @@
+"""The tile-runner protocol: what the chain needs of whatever runs an image's tiles.
+
+Three implementations, one per way of serving:
+
+* :class:`service.engine.batcher.TileBatcher`: the HTTP app's cross-request batcher (tiles of
+  every request share batches; ``deadline`` bounds the wait);
+* :class:`service.offline.pool.TilePool`: ``pspnet-serve segment`` (locally and in each Ray
+  actor): tiles of successive images share batches, run in the calling thread;
+* :class:`EngineRunner`: one image's tiles on an engine, now, ``max_batch`` at a time
+  (``evaluate``, scripts, tests).
+
+Tested by tests/service/pipeline/test_chain.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from service.contract.artifact import OUTPUT_NAME
+
+
+class TileRunner(Protocol):
+    """Runs tiles ``(N, 3, H, W)`` float32 and hands back one output's rows, in order."""
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The artifact outputs it can fetch: ``("logits",)`` or ``("logits", "labels")``."""
+        ...
+
+    async def submit(self, tiles: np.ndarray, *, deadline: float, output: str = ...) -> np.ndarray:
+        """The rows of ``output`` for ``tiles`` (``(N, C, H, W)`` logits or ``(N, H, W)`` labels)."""
+        ...
+
+
+class OutputsEngine(Protocol):
+    """What :class:`EngineRunner` needs of :class:`service.engine.sessions.Engine`."""
+
+    @property
+    def outputs(self) -> tuple[str, ...]: ...
+
+    def run_outputs(self, tiles: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]: ...
+
+
+class EngineRunner:
+    """A :class:`TileRunner` that runs one image's tiles at once on an engine, ``max_batch`` at a
+    time, in the calling thread. Its ``submit`` never suspends, so the chain's coroutines driven
+    over it finish without an event loop (:meth:`service.pipeline.chain.Chain.labels_now`)."""
+
+    def __init__(self, engine: OutputsEngine, max_batch: int) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.engine = engine
+        self.max_batch = max_batch
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.engine.outputs
+
+    def run(self, tiles: np.ndarray, output: str = OUTPUT_NAME) -> np.ndarray:
+        """The rows of ``output`` for ``tiles``, ``max_batch`` tiles a run."""
+        step = self.max_batch
+        parts = [self.engine.run_outputs(tiles[i:i + step], (output,))[output]
+                 for i in range(0, len(tiles), step)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    async def submit(self, tiles: np.ndarray, *, deadline: float = math.inf,
+                     output: str = OUTPUT_NAME) -> np.ndarray:
+        return self.run(tiles, output)
