@@ -2,13 +2,20 @@
 
 Why: on a CPU the network is nearly all of a request's cost, and int8
 convolutions (VNNI/AMX) run it faster than float32 can. For the shipped CamVid
-model on the 2-core benchmark machine: 2.8x per tile on an AMD EPYC (16.1 vs
-45.4 ms), and CamVid val mIoU 67.88 vs 67.61 for float32 (weights/README.md).
+model on the 2-core benchmark machine: 2.8x per tile on an AMD EPYC with
+AVX-512 VNNI (16.4 vs 45.6 ms), and CamVid val mIoU 67.81 vs 67.61 for float32
+(weights/README.md).
 
 What it does: ONNX Runtime's pre-processing (shape inference, graph
 optimisation: batch norms folded into convolutions), then QDQ quantisation:
-weights int8 per output channel, activations uint8 per tensor with MinMax
-ranges observed on ``images`` resized to the tile. The result keeps the
+weights int8 per output channel in a 7-bit range ([-64, 64], ``reduce_range``),
+activations uint8 per tensor with MinMax ranges observed on ``images`` resized
+to the tile. The 7 bits keep the logits the same across x86-64 CPUs: without
+VNNI (AVX2), ONNX Runtime's uint8 x int8 kernels add pairs of products in a
+saturating int16 (vpmaddubsw), which full-range weights overflow (255 * 127 * 2
+> 32767) and 7-bit ones cannot (255 * 64 * 2 = 32640); measured, an AVX2 CPU then
+computes the VNNI logits bit for bit. :class:`Int8Settings` says why not the
+other ways out. The result keeps the
 artifact contract: the same ``image``/``logits`` names and shapes, float32 in
 and out, the same metadata with ``source["quantization"]`` added; the service
 serves it like any other artifact. The float32 artifact stays the reference
@@ -60,7 +67,8 @@ from service.contract.folders import IMAGE_SUFFIXES
 
 Progress = Callable[[], None]
 #: Calibration images used by default: the shipped model's ranges settle well before this
-#: (CamVid val mIoU 67.88 with 32 train images, float32 67.61; the model before it: 63.23 vs 63.14).
+#: (CamVid val mIoU 67.81 with 32 train images, float32 67.61; with full-range int8 weights 67.88;
+#: the model before it: 63.23 vs 63.14).
 DEFAULT_IMAGES = 32
 
 
@@ -153,10 +161,43 @@ def without_labels(proto: onnx.ModelProto) -> onnx.ModelProto:
     return bare
 
 
-def quantized_meta(meta: ArtifactMeta, images: Sequence[Path], float_sha256: str) -> ArtifactMeta:
+#: weight types ONNX Runtime can pair with uint8 activations: U8S8 and U8U8 kernels
+WEIGHT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """How the weights are quantised: their type (``int8``: ONNX Runtime's U8S8 kernels; ``uint8``:
+    U8U8) and whether their range is reduced to 7 bits (``reduce_range``: int8 weights in
+    [-64, 64], so that the sum of two uint8 x int8 products fits the int16 of AVX2's kernels).
+
+    The default, int8 with reduce_range, gives the same logits on AVX-512 VNNI and on AVX2-only
+    CPUs at VNNI's int8 speed; full-range int8 saturates on AVX2, and uint8 weights (exact on
+    both) take U8U8 kernels that lose most of int8's speed on a VNNI CPU (38 ms a CamVid tile
+    against 16, float32 45). Figures: weights/README.md, "int8 on CPUs without VNNI".
+    """
+
+    weights: str = "int8"
+    reduce_range: bool = True
+
+    def __post_init__(self) -> None:
+        if self.weights not in WEIGHT_TYPES:
+            raise QuantizeError(f"weights {self.weights!r}: one of {', '.join(WEIGHT_TYPES)}")
+
+    def describe(self) -> str:
+        bits = "7-bit range (reduce_range)" if self.reduce_range else "full 8-bit range"
+        return f"{self.weights}, {bits}, per channel"
+
+
+DEFAULT_SETTINGS = Int8Settings()
+
+
+def quantized_meta(meta: ArtifactMeta, images: Sequence[Path], float_sha256: str,
+                   settings: Int8Settings = DEFAULT_SETTINGS) -> ArtifactMeta:
     """``meta`` of the float artifact, marked as quantised from it."""
     source = {**meta.source, "quantization": {
-        "method": "onnxruntime static QDQ", "weights": "int8, per channel",
+        "method": "onnxruntime static QDQ", "weights": settings.describe(),
+        "weight_type": settings.weights, "reduce_range": settings.reduce_range,
         "activations": "uint8, per tensor",
         "calibration": "MinMax", "calibration_images": len(images), "float_artifact_sha256": float_sha256}}
     raw = {**meta.to_json(), "source": source, "metrics": {}}  # float metrics do not carry over
@@ -164,8 +205,8 @@ def quantized_meta(meta: ArtifactMeta, images: Sequence[Path], float_sha256: str
     return parse_meta(json.dumps(raw))
 
 
-def quantize_artifact(src: Path, dst: Path, images: Sequence[Path], *,
-                      tick: Progress | None = None) -> QuantizeReport:
+def quantize_artifact(src: Path, dst: Path, images: Sequence[Path], *, tick: Progress | None = None,
+                      settings: Int8Settings = DEFAULT_SETTINGS) -> QuantizeReport:
     """Write the int8 version of the artifact ``src`` to ``dst``, calibrated on ``images``."""
     t0 = time.perf_counter()
     meta = read_meta(src)
@@ -181,11 +222,12 @@ def quantize_artifact(src: Path, dst: Path, images: Sequence[Path], *,
         # skip_symbolic_shape: every shape but the batch is fixed, plain ONNX inference suffices
         quant_pre_process(str(bare), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(out), _Tiles(tiles, tick), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=True, reduce_range=settings.reduce_range,
+                        activation_type=QuantType.QUInt8, weight_type=WEIGHT_TYPES[settings.weights],
                         calibrate_method=CalibrationMethod.MinMax)
         proto = onnx.load(str(out))
     del proto.metadata_props[:]  # the tools' own bookkeeping keys; ours is set anew
-    qmeta = quantized_meta(meta, images, float_sha)
+    qmeta = quantized_meta(meta, images, float_sha, settings)
     proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(qmeta.to_json()))
     add_labels_output(proto.graph, meta.num_classes)  # on the dequantised logits: a float ArgMax
     onnx.checker.check_model(proto, full_check=True)

@@ -1,6 +1,6 @@
 """Bulk segmentation: ``pspnet-serve segment`` in one process vs ``--ray`` with 1 and 2 workers.
 
-    python benchmarks/speed/bulk.py --out benchmarks/results                     # 101 CamVid val images, 3 repeats
+    python benchmarks/speed/bulk.py --out benchmarks/results   # 101 CamVid val images, 3 repeats
     python benchmarks/speed/bulk.py --out /tmp/b --repeats 1 --limit 8   # a smoke run
 
 Each variant runs the real command in a fresh process (``python -m service.cli segment``) over

@@ -3,7 +3,7 @@
     python benchmarks/speed/layout.py --out benchmarks/results                       # about 20 minutes
     python benchmarks/speed/layout.py --out /tmp/l --seconds 2 --windows 1 --batches 1 \
         --models weights/pspnet_camvid_int8.onnx                              # a smoke run
-    python benchmarks/speed/layout.py --out benchmarks/results --render              # layout.md again from the JSON
+    python benchmarks/speed/layout.py --out benchmarks/results --render   # layout.md again from the JSON
 
 Raw ONNX Runtime, no HTTP, no pre/post-processing, the sessions built with the
 serving engine's options (``service.engine.sessions.session_options``: full graph

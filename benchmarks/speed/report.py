@@ -1,4 +1,5 @@
-"""Turn ``benchmarks/results/results.json`` (benchmarks/speed/suite.py) into ``results.md``, ``plot.png`` and ``rss.png``.
+"""Turn ``benchmarks/results/results.json`` (benchmarks/speed/suite.py) into ``results.md``,
+``plot.png`` and ``rss.png``.
 
     python benchmarks/speed/report.py benchmarks/results/results.json     # re-render without re-measuring
 
@@ -19,13 +20,14 @@ from typing import Any
 CATEGORIES = (
     ("inference (ONNX Runtime)", ("onnxruntime", "service/engine/sessions.py")),
     ("decode", ("decode_image", "service/codec/decode.py", "service/codec/sniff.py")),
-    ("plan (resize, tiles)", ("plan_tiles", "make_plan")),
+    ("plan (resize, tiles)", ("plan_tiles", "prepare")),
     ("stitch (softmax, argmax)", ("service/protocol/stitch.py", "service/protocol/resize.py")),
     ("encode", ("service/codec/encode.py", "_encode (")),
     ("metrics", ("prometheus_client",)),
     ("HTTP, asyncio, batching", ("uvicorn", "starlette", "fastapi", "h11", "httptools", "asyncio",
-                                 "service/api/app.py", "service/engine/batcher.py", "service/api/middleware.py",
-                                 "service/pipeline.py", "concurrent/futures", "threading.py")),
+                                 "service/api/app.py", "service/engine/batcher.py",
+                                 "service/api/middleware.py",
+                                 "service/pipeline/chain.py", "concurrent/futures", "threading.py")),
 )
 
 
@@ -144,7 +146,8 @@ def litserve_section(r: dict[str, Any]) -> list[str]:
                          f"{stop.get('stray_processes_killed')} stray" if stop else "-"])
     parts = [f"## Baseline 4: LitServe on the same ONNX file (`{ls['model']}`)", "",
              "Each server alone on the machine in turn, the same multipart upload (field `image`) from the "
-             "same load generator, closed loop. LitServe as its users write it (benchmarks/speed/litserve_server.py): "
+             "same load generator, closed loop. LitServe as its users write it "
+             "(benchmarks/speed/litserve_server.py): "
              "Pillow decode, cv2 resize only off the tile size, ORT session per worker, its own dynamic "
              "batching (max_batch_size 4, batch_timeout 2 ms), argmax, paletted PNG. \"CPU ms/req\": CPU of "
              "all the server's processes per answered request. \"labels agree\": share of pixels where "

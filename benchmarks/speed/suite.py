@@ -2,7 +2,7 @@
 
     python benchmarks/speed/suite.py --image street_360x480.png --out benchmarks/results
     python benchmarks/speed/suite.py --image ... --out /tmp/b --quick     # a smoke run of every part
-    python benchmarks/speed/suite.py --image ... --only litserve,ort-limit  # some parts, merged into results.json
+    python benchmarks/speed/suite.py --image ... --only litserve,ort-limit  # some parts, into results.json
 
 In order, on the same ONNX model and image, one benchmark at a time:
 

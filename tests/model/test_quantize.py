@@ -9,19 +9,32 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
 
 from model.cli import main
-from model.quantize import QuantizeError, calibration_tile, pick_images, quantize_artifact, without_labels
+from model.quantize import (
+    Int8Settings,
+    QuantizeError,
+    calibration_tile,
+    pick_images,
+    quantize_artifact,
+    without_labels,
+)
 from service.contract.artifact import INPUT_NAME, LABELS_NAME, OUTPUT_NAME, read_meta, read_outputs
 from service.engine.sessions import Engine
 from tests.service.tiny_model import build_tiny_artifact
 
 TILE = (32, 48)
-#: max |int8 - float32| logit over max |float32| logit, on calibration and unseen images alike.
-#: Measured 0.0116 at most on these six images; the bound sits just above it.
-RELATIVE_BOUND = 0.0125
-#: share of pixels whose int8 label equals the float32 one: measured 0.9876 at least
-MIN_AGREEMENT = 0.985
+#: max |int8 - float32| logit over max |float32| logit, on calibration and unseen images alike,
+#: with the default settings (int8 weights in the 7-bit range). Measured on these six images
+#: (python -m benchmarks int8-isa tiny): 0.018047 at most on an AVX-512 VNNI CPU (AMD EPYC) and 0.018047
+#: on an AVX2-only one (qemu-x86_64 -cpu Haswell), the same logits on both; the bound sits just
+#: above. (Full-range int8 weights measured 0.0116 with VNNI but 0.235 on AVX2, where ONNX
+#: Runtime's U8S8 kernels saturate int16 sums.)
+RELATIVE_BOUND = 0.019
+#: share of pixels whose int8 label equals the float32 one: measured 0.98503 at least on both CPUs
+#: (1513 of a tile's 1536 pixels); the bound lets one more pixel differ
+MIN_AGREEMENT = 0.984
 
 
 def _street_like(i: int, rng: np.random.Generator) -> np.ndarray:
@@ -81,6 +94,31 @@ def test_the_graph_is_int8_and_keeps_the_contract(setup: tuple[Path, Path, Path]
     q = meta.source["quantization"]
     assert q["calibration_images"] == 4 and len(q["float_artifact_sha256"]) == 64
     assert [p.key for p in proto.metadata_props] == ["pspnet"]  # no tool bookkeeping left
+
+
+def _conv_weights(path: Path) -> list[np.ndarray]:
+    proto = onnx.load(str(path))
+    return [numpy_helper.to_array(t) for t in proto.graph.initializer
+            if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(t.dims) > 1]
+
+
+def test_weights_use_the_7_bit_range_that_avx2_sums_exactly(setup: tuple[Path, Path, Path],
+                                                            tmp_path: Path) -> None:
+    """By default int8 weights lie in [-64, 64]: two uint8 x int8 products then fit an int16 sum
+    (255 * 64 * 2 = 32640), so AVX2's U8S8 kernels give VNNI's logits; the metadata says so."""
+    src, images, out = setup
+    weights = _conv_weights(out)
+    assert weights and all(w.dtype == np.int8 for w in weights)
+    assert min(int(w.min()) for w in weights) >= -64 and max(int(w.max()) for w in weights) <= 64
+    q = read_meta(out).source["quantization"]
+    assert (q["weight_type"], q["reduce_range"]) == ("int8", True) and "7-bit" in q["weights"]
+    full = tmp_path / "full.onnx"  # the other settings stay available, and are recorded as what they are
+    quantize_artifact(src, full, pick_images(images, 4), settings=Int8Settings("int8", reduce_range=False))
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in _conv_weights(full)) > 64
+    q = read_meta(full).source["quantization"]
+    assert (q["weight_type"], q["reduce_range"]) == ("int8", False) and "8-bit" in q["weights"]
+    with pytest.raises(QuantizeError, match="one of int8, uint8"):
+        Int8Settings("int4")
 
 
 def test_argmax_stays_a_float_op_on_the_dequantised_logits(setup: tuple[Path, Path, Path]) -> None:
