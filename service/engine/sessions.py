@@ -51,6 +51,7 @@ from service.contract.artifact import (
     label_dtype,
     read_meta,
 )
+from service.engine.isa import cpu_flags, int8_warning
 
 log = logging.getLogger("service.engine")  # the name log lines had
 
@@ -162,6 +163,9 @@ class Engine:
                                     f"running on {self.provider}")
         if self.fallback_reason:
             log.warning("CUDA FALLBACK: %s", self.fallback_reason)
+        int8 = int8_warning(self.meta, cpu_flags()) if self.provider == CPU else None
+        if int8:
+            log.warning("INT8 ON A CPU WITHOUT VNNI: %s", int8)
         self._dtypes = self._check_outputs(first)
         #: the contract's outputs this artifact has, e.g. ("logits",) or ("logits", "labels")
         self.outputs: tuple[str, ...] = tuple(self._dtypes)
