@@ -94,10 +94,9 @@ def label(s: Int8Settings) -> str:
 
 def tiny(args: argparse.Namespace) -> dict[str, Any]:
     """The test's setup (tests/model/test_quantize.py) and its two measures, per candidate."""
-    import cv2
 
-    from tests.model.test_quantize import TILE, _street_like
-    from tests.service.tiny_model import build_tiny_artifact
+    from tests.model.test_quantize import TILE
+    from tests.service.tiny_model import build_tiny_artifact, write_street_like
 
     out: dict[str, Any] = {"cpu": cpu(), "candidates": {}}
     with tempfile.TemporaryDirectory(prefix="int8-isa-") as tmp:
@@ -105,9 +104,7 @@ def tiny(args: argparse.Namespace) -> dict[str, Any]:
         src = build_tiny_artifact(d / "tiny.onnx", tile=TILE)
         images = d / "images"
         images.mkdir()
-        rng = np.random.default_rng(0)
-        for i in range(6):
-            cv2.imwrite(str(images / f"{i}.png"), _street_like(i, rng))
+        write_street_like(images, 6)
         reference = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
         for s in CANDIDATES:
             dst = d / f"{label(s).replace(' ', '_')}.onnx"

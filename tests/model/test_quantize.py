@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -22,7 +21,7 @@ from model.quantize import (
 )
 from service.contract.artifact import INPUT_NAME, LABELS_NAME, OUTPUT_NAME, read_meta, read_outputs
 from service.engine.sessions import Engine
-from tests.service.tiny_model import build_tiny_artifact
+from tests.service.tiny_model import build_tiny_artifact, write_street_like
 
 TILE = (32, 48)
 #: max |int8 - float32| logit over max |float32| logit, on calibration and unseen images alike,
@@ -37,12 +36,6 @@ RELATIVE_BOUND = 0.019
 MIN_AGREEMENT = 0.984
 
 
-def _street_like(i: int, rng: np.random.Generator) -> np.ndarray:
-    """A smooth BGR image with noise (photos, not white noise, are what calibration sees)."""
-    y, x = np.mgrid[0:40, 0:60]
-    img = np.stack([(x * 4 + i * 20) % 256, (y * 6) % 256, ((x + y) * 3) % 256], -1)
-    return np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
@@ -50,9 +43,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     src = build_tiny_artifact(d / "tiny.onnx", tile=TILE)
     images = d / "images"
     images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        cv2.imwrite(str(images / f"{i}.png"), _street_like(i, rng))
+    write_street_like(images, 6)
     (images / "notes.txt").write_text("not an image")  # ignored by suffix
     out = d / "int8.onnx"
     quantize_artifact(src, out, pick_images(images, 4))

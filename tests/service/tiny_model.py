@@ -128,3 +128,20 @@ def tiny_reference(tiles: np.ndarray, num_classes: int = 5) -> np.ndarray:
             patch = xp[:, :, dy:dy + 2 * ho:2, dx:dx + 2 * wo:2]
             feat += np.einsum("nkhw,ck->nchw", patch, weight[:, :, dy, dx].astype(np.float64))
     return np.einsum("ih,nchw,jw->ncij", _linear_weights(ho, h), feat, _linear_weights(wo, w))
+
+
+def street_like(i: int, rng: np.random.Generator) -> np.ndarray:
+    """A smooth 40x60 BGR image with noise (photos, not white noise, are what calibration sees)."""
+    y, x = np.mgrid[0:40, 0:60]
+    img = np.stack([(x * 4 + i * 20) % 256, (y * 6) % 256, ((x + y) * 3) % 256], -1)
+    return np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
+
+
+def write_street_like(folder: Path, count: int) -> None:
+    """``count`` :func:`street_like` PNGs ``0.png``... in ``folder`` (seed 0): the int8 tests' and the
+    int8 benchmark's calibration images."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        cv2.imwrite(str(folder / f"{i}.png"), street_like(i, rng))
