@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Validate the deployment files without a Docker engine or a cluster:
 #
-#   - every Dockerfile: hadolint at warning level; the shell scripts: shellcheck;
+#   - every Dockerfile: hadolint at warning level; the shell scripts (docker/*.sh, this one,
+#     .ci/run): shellcheck;
 #   - docker/compose.yaml: the compose-spec JSON schema (vendored by check-jsonschema);
 #   - docker/prometheus.yml: promtool check config;
 #   - docker/grafana: the dashboard JSON and the provisioning YAML parse;
 #   - k8s/: every manifest, and every kustomization rendered (scripts/k8s_overlay.py),
 #     validated with kubernetes-validate, strictly, for each of K8S_VERSIONS;
 #   (docker/requirements-*.txt are checked offline by tests/deploy/test_lock.py and
-#   installed with --require-hashes by tests/deploy/test_install.py.)
+#   installed with --require-hashes by tests/deploy/test_install.py; building and running the
+#   images needs a Docker engine: docker/smoke.sh, which .ci/run runs.)
 #
 # Needs python3 (3.11+), pip and, for promtool, apt. Tools go into their own venv,
 # $PSPNET_TOOLS_VENV (default .venv-tools), reused while scripts/deploy-tools.txt is
@@ -80,8 +82,8 @@ for f in Dockerfile docker/Dockerfile*; do
 done
 
 section "shellcheck"
-check "shellcheck docker/install.sh scripts/check_deploy.sh" \
-    shellcheck docker/install.sh scripts/check_deploy.sh
+scripts=(docker/*.sh scripts/check_deploy.sh .ci/run)
+check "shellcheck ${scripts[*]}" shellcheck "${scripts[@]}"
 
 # ------------------------------------------------------------------ compose
 section "compose schema"

@@ -21,14 +21,17 @@ Provider policy (docs/DESIGN.md "Service", CUDA):
   a CPU-only install on a laptop is the expected case).
 - ``"cuda"``: CUDA; if it is missing or fails to start, a WARNING and CPU.
 Whenever CUDA was tried and CPU is what runs, :attr:`Engine.fallback_reason`
-says why and readiness reports it. :attr:`Engine.provider` is read back from
-the session after creation, never taken from the request.
+says why and readiness reports it (naming the driver's libcuda.so.1 when that
+is what is missing: a container started without a GPU). :attr:`Engine.provider`
+is read back from the session after creation, never taken from the request.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -84,6 +87,21 @@ def intra_op_threads_for(setting: int, sessions: int, cores: int | None = None) 
     if setting > 0 or sessions == 1:
         return setting
     return max(1, (cores if cores is not None else usable_cores()) // sessions)
+
+
+def cuda_driver_error() -> str | None:
+    """Why the NVIDIA driver's ``libcuda.so.1`` does not load, or None (it does, or not Linux).
+
+    The CUDA provider links it; every other CUDA library comes with the install (the GPU image's
+    wheels), this one only with a GPU: the host's driver, mounted by the NVIDIA Container Toolkit.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError as e:
+        return str(e)
+    return None
 
 
 def cuda_options(device_id: int) -> dict[str, str]:
@@ -159,8 +177,10 @@ class Engine:
         # The truth, whatever was asked: ORT may have dropped a provider it could not start.
         self.provider: str = str(first.get_providers()[0])
         if self.provider != CUDA and self._cuda_attempted and not self.fallback_reason:
-            self.fallback_reason = (f"{CUDA} did not start (see the onnxruntime log above); "
-                                    f"running on {self.provider}")
+            driver = cuda_driver_error()
+            cause = (f"the NVIDIA driver does not load: {driver}; no GPU is visible here" if driver
+                     else "see the onnxruntime log above")
+            self.fallback_reason = f"{CUDA} did not start ({cause}); running on {self.provider}"
         if self.fallback_reason:
             log.warning("CUDA FALLBACK: %s", self.fallback_reason)
         int8 = int8_warning(self.meta, cpu_flags()) if self.provider == CPU else None

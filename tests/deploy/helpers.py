@@ -184,6 +184,19 @@ def dockerignore_keeps(path: str, patterns: list[str]) -> bool:
 LOCKS = {"cpu": ROOT / "docker" / "requirements-cpu.txt", "gpu": ROOT / "docker" / "requirements-gpu.txt"}
 #: how uv names the project in "# via" lines
 LOCK_ROOT = "pspnet-serving (pyproject.toml)"
+#: requirement files docker/lock.sh adds to a flavour's pyproject.toml ones (the GPU image's CUDA wheels)
+LOCK_INPUTS = {"cpu": [], "gpu": ["docker/gpu-libs.in"]}
+
+
+def lock_input_root(relpath: str) -> str:
+    """How uv names a requirements file in "# via" lines."""
+    return f"-r {relpath}"
+
+
+def read_requirements_in(relpath: str) -> list[str]:
+    """The requirement lines of a ``.in`` file (comments and blank lines dropped)."""
+    lines = (ROOT / relpath).read_text().splitlines()
+    return [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
 
 
 @dataclass
@@ -191,7 +204,7 @@ class Pin:
     name: str  # normalised (PEP 503)
     version: str
     hashes: list[str] = field(default_factory=list)
-    via: list[str] = field(default_factory=list)  # normalised names, or LOCK_ROOT
+    via: list[str] = field(default_factory=list)  # normalised names, LOCK_ROOT or "-r FILE"
 
 
 def normalise(name: str) -> str:
@@ -216,7 +229,8 @@ def read_lock(path: Path) -> dict[str, Pin]:
         elif line.startswith("#") and current is not None:
             text = line.lstrip("#").strip().removeprefix("via").strip()
             if text:
-                current.via.append(text if text == LOCK_ROOT else normalise(text))
+                root = text == LOCK_ROOT or text.startswith("-r ")
+                current.via.append(text if root else normalise(text))
     return pins
 
 

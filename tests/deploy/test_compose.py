@@ -48,6 +48,15 @@ def test_cpu_by_default_gpu_profile_reserves_the_device() -> None:
 
 
 @pytest.mark.parametrize("name", ["pspnet", "pspnet-gpu"])
+def test_service_base_image_is_a_build_argument(name: str) -> None:
+    # where no registry is reachable, PYTHON_IMAGE names docker/base.sh's image; by default the Dockerfile's
+    svc = services()[name]
+    dockerfile = (ROOT / "docker" / svc["build"]["context"] / svc["build"]["dockerfile"]).resolve()
+    default = dockerfile.read_text().split("ARG PYTHON_IMAGE=", 1)[1].split()[0]
+    assert svc["build"]["args"] == {"PYTHON_IMAGE": f"${{PYTHON_IMAGE:-{default}}}"}
+
+
+@pytest.mark.parametrize("name", ["pspnet", "pspnet-gpu"])
 def test_service_settings_are_valid(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     svc = services()[name]
     env = {k: str(v) for k, v in svc["environment"].items()}

@@ -1,10 +1,11 @@
 """The images' pins (docker/requirements-*.txt, written by docker/lock.sh) against pyproject.toml.
 
 Offline: no resolver runs here. The lock is current when its direct pins are
-exactly pyproject.toml's dependencies plus the flavour's extra, each within its
-specifier, every other pin is needed by a pin (uv's "# via" lines), and every
-pin carries hashes. That the pinned set installs and is closed is test_install.py's
-job (pip --require-hashes refuses anything unpinned).
+exactly pyproject.toml's dependencies plus the flavour's extra (and, for the GPU
+image, the CUDA wheels of docker/gpu-libs.in), each within its specifier, every
+other pin is needed by a pin (uv's "# via" lines), and every pin carries hashes.
+That the pinned set installs and is closed is test_install.py's job (pip
+--require-hashes refuses anything unpinned).
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from .helpers import LOCK_ROOT, LOCKS, ROOT, normalise, read_lock
+from .helpers import (
+    LOCK_INPUTS,
+    LOCK_ROOT,
+    LOCKS,
+    ROOT,
+    lock_input_root,
+    normalise,
+    read_lock,
+    read_requirements_in,
+)
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
@@ -39,12 +49,36 @@ def test_direct_pins_are_pyprojects_requirements(flavour: str) -> None:
 
 
 @pytest.mark.parametrize("flavour", sorted(LOCKS))
+def test_pins_of_the_added_requirement_files_are_theirs(flavour: str) -> None:
+    pins = read_lock(LOCKS[flavour])
+    for relpath in LOCK_INPUTS[flavour]:
+        reqs = {normalise(r.name): r for r in map(Requirement, read_requirements_in(relpath))}
+        root = lock_input_root(relpath)
+        assert {name for name, pin in pins.items() if root in pin.via} == set(reqs), "re-run docker/lock.sh"
+        for name, req in reqs.items():
+            assert req.specifier.contains(pins[name].version), f"{name}=={pins[name].version} vs {req}"
+
+
+@pytest.mark.parametrize("flavour", sorted(LOCKS))
 def test_every_pin_is_needed_and_hashed(flavour: str) -> None:
     pins = read_lock(LOCKS[flavour])
+    roots = {LOCK_ROOT, *map(lock_input_root, LOCK_INPUTS[flavour])}
     for pin in pins.values():
         assert pin.hashes and all(h.startswith("sha256:") for h in pin.hashes), pin.name
         assert pin.via, f"{pin.name} is pinned but nothing needs it"
-        assert all(p == LOCK_ROOT or p in pins for p in pin.via), f"{pin.name} via {pin.via}"
+        assert all(p in roots or p in pins for p in pin.via), f"{pin.name} via {pin.via}"
+
+
+def test_gpu_lock_brings_cuda_13_0_and_cudnn_9() -> None:
+    # the CUDA the pinned onnxruntime-gpu is built for (Dockerfile, docs/DEPLOYMENT.md), from wheels:
+    # the GPU image has no vendor base; libcuda.so.1 alone comes from the host's driver
+    pins = read_lock(LOCKS["gpu"])
+    assert pins["nvidia-cuda-runtime"].version.startswith("13.0.")
+    assert pins["nvidia-cublas"].version.startswith("13.")
+    assert pins["nvidia-curand"].version.startswith("10.")
+    assert pins["nvidia-cuda-nvrtc"].version.startswith("13.0.")
+    assert pins["nvidia-cudnn-cu13"].version.startswith("9.")
+    assert not any(n.startswith("nvidia-") for n in read_lock(LOCKS["cpu"]))
 
 
 @pytest.mark.parametrize("flavour", sorted(LOCKS))
