@@ -29,6 +29,7 @@ COMMANDS = {
     "memory": "benchmarks.reliability.memory",
     "stitch-agreement": "benchmarks.accuracy.stitch_agreement",
     "int8-isa": "benchmarks.accuracy.int8_isa",
+    "official-check": "benchmarks.accuracy.official_check",
 }
 
 

@@ -159,11 +159,14 @@ class TileBatcher:
             # without drain a batch may still be running: let it finish in the background
             executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, tiles: Tiles, *, deadline: float, output: str = OUTPUT_NAME) -> Rows:
+    async def submit(self, tiles: Tiles, *, deadline: float, output: str = OUTPUT_NAME,
+                     admit_tiles: int | None = None) -> Rows:
         """Rows of ``output`` for ``tiles`` ``(T, 3, H, W)``, in order, by ``deadline`` (``loop.time()``).
 
         ``output`` is one of :attr:`outputs`: ``logits`` ``(T, C, H, W)`` float32, or ``labels``
-        ``(T, H, W)`` when the runners offer it.
+        ``(T, H, W)`` when the runners offer it. ``admit_tiles``: what admission weighs, None for
+        ``T``; a request streamed in chunks passes its total with the first and 0 with the others,
+        which are never refused for room or time (only when the batcher is stopping).
         """
         loop = asyncio.get_running_loop()
         n = self._check(tiles)
@@ -172,7 +175,9 @@ class TileBatcher:
         if not self.accepting:
             self._reject("stopping")
             raise NotReady("the batcher is not running or is shutting down")
-        self._refuse(admit(self._load(), n, now=loop.time(), deadline=deadline))
+        weigh = n if admit_tiles is None else admit_tiles
+        if weigh:
+            self._refuse(admit(self._load(), weigh, now=loop.time(), deadline=deadline))
         r = Pending(tiles, output, loop.create_future(), loop.time(), deadline)
         self._queue.append(r)
         self._queued += n

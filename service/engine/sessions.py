@@ -144,9 +144,15 @@ def session_options(intra_op_threads: int, inter_op_threads: int, *,
     return so
 
 
+#: on CPU, a batch whose outputs exceed this lands in buffers of ours rather than ONNX Runtime's
+#: arena (Engine._run_bound); below it ORT's warm arena is faster (no fresh pages: 7% of a CamVid
+#: batch of 4 on the 2-core machine) and holds little
+OWN_OUTPUT_BYTES = 2**26
+
+
 @dataclass
 class _Session:
-    """One ONNX Runtime session of the engine, its IO binding (CUDA only) and the lock that serialises it."""
+    """One ONNX Runtime session of the engine, its IO binding and the lock that serialises it."""
 
     session: Any
     binding: Any
@@ -198,7 +204,7 @@ class Engine:
                 raise RuntimeError(f"session {i} of {path.name} came up on {s.get_providers()[0]}, "
                                    f"session 0 on {self.provider}")
             made.append(s)
-        self._sessions = [_Session(s, s.io_binding() if self.provider == CUDA else None, threading.Lock())
+        self._sessions = [_Session(s, s.io_binding(), threading.Lock())
                           for s in made]
         log.info("engine: %s on %s (requested %s), tile %s, %d classes, outputs %s, max batch %d, "
                  "%d session(s) x %s intra-op threads", path.name, self.provider, provider, self.meta.tile,
@@ -305,17 +311,25 @@ class Engine:
         slot = self._slot(session)
         tiles = np.ascontiguousarray(tiles)
         with slot.lock:
-            if slot.binding is None:
+            if self.provider != CUDA and self._output_bytes(tiles, wanted) <= OWN_OUTPUT_BYTES:
                 outs = slot.session.run(list(wanted), {INPUT_NAME: tiles})
                 return {n: np.asarray(o, dtype=self._dtypes[n]) for n, o in zip(wanted, outs, strict=True)}
             return self._run_bound(slot, tiles, wanted)
+
+    def _output_bytes(self, tiles: Tiles, names: tuple[str, ...]) -> int:
+        n, _, h, w = tiles.shape
+        per_pixel = {OUTPUT_NAME: self.meta.num_classes * 4, LABELS_NAME: np.dtype(self._dtypes.get(
+            LABELS_NAME, np.uint8)).itemsize}
+        return sum(n * h * w * per_pixel[name] for name in names)
 
     def _run_bound(self, slot: _Session, tiles: Tiles, names: tuple[str, ...]) -> dict[str, npt.NDArray[Any]]:
         # IO binding: ORT copies the input host->device and writes each bound output straight into
         # our host buffer, one copy each way, with device memory from its arena (no per-call
         # cudaMalloc once warm). Only the outputs asked for are bound, so only they come down (labels
         # alone: one byte per pixel instead of 4 x classes). Host buffers are fresh per call because
-        # callers keep them.
+        # callers keep them. On CPU, large outputs take this road too: ORT's own outputs come from
+        # its arena, which keeps every byte it ever handed out (a request holding 40 tiles of
+        # 150-class logits grew it by 5 GB for good); ours go back to the system when dropped.
         n, _, h, w = tiles.shape
         shapes = {OUTPUT_NAME: (n, self.meta.num_classes, h, w), LABELS_NAME: (n, h, w)}
         b = slot.binding

@@ -75,11 +75,12 @@ class TilePool:
         return sum(len(q) for q in self._queues.values())
 
     async def submit(self, tiles: np.ndarray, *, deadline: float = math.inf,
-                     output: str = OUTPUT_NAME) -> np.ndarray:
+                     output: str = OUTPUT_NAME, admit_tiles: int | None = None) -> np.ndarray:
         """The rows of ``output`` for ``tiles``, once the batches holding them have run.
 
-        Runs every batch the new tiles fill, here and now; ``deadline`` is not used (a bulk run
-        waits for its tiles). Raises :class:`BatchFailed` when a batch with these tiles raised.
+        Runs every batch the new tiles fill, here and now; ``deadline`` and ``admit_tiles`` are not
+        used (a bulk run waits for its tiles and refuses none). Raises :class:`BatchFailed` when a
+        batch with these tiles raised.
         """
         if output not in self._queues:
             raise ValueError(f"the engine has no output {output!r}; it has {', '.join(self._queues)}")

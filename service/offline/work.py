@@ -147,10 +147,11 @@ class Segmenter:
             await self._settle()
             for record in self._take():
                 yield record
-        self.pool.flush()
-        await self._settle()
-        for record in self._take():
-            yield record
+        while self._live:  # a streamed image queues its next chunk after a flush ran its last
+            self.pool.flush()
+            await self._settle()
+            for record in self._take():
+                yield record
 
     def records(self, items: Iterable[Decoded]) -> Iterator[Record]:
         """:meth:`segment` on an event loop of its own, each line handed on as it finishes."""

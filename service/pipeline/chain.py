@@ -32,8 +32,10 @@ from service.errors import BadRequest
 from service.pipeline.params import InferenceParams
 from service.pipeline.runner import EngineRunner, TileRunner
 from service.pipeline.timings import Timings
-from service.protocol.plan import TilePlan, plan_tiles
-from service.protocol.stitch import stitch_labels
+from service.protocol.peak_bytes import stream_chunk
+from service.protocol.plan import scale_tiles
+from service.protocol.stitch import Stitcher
+from service.protocol.windows import ScaleGeometry, count_tiles, plan_geometry
 
 T = TypeVar("T")
 Window = tuple[int, int, int, int]  # (top, left, height, width) of the image in its one tile
@@ -49,19 +51,34 @@ class Upload:
 
 @dataclass(frozen=True)
 class TileWork:
-    """What one image asks of a runner, and how the rows it gets back become its labels."""
+    """What one image asks of a runner: its windows, which output answers it, and how its tiles
+    are cut (a scale at a time) and sent (:meth:`chunk` tiles a submission)."""
 
-    plan: TilePlan
+    image: np.ndarray  # the decoded RGB image
+    geometry: tuple[ScaleGeometry, ...]
+    tile: tuple[int, int]
+    mean: tuple[float, float, float]
     output: str  # "labels": the graph's, cropped; "logits": stitched
     window: Window | None
+    chunk: int  # tiles per submission: whole windows (a window and its mirror together)
 
-    def finish(self, rows: np.ndarray) -> np.ndarray:
-        """The label map (H, W) of the image from the runner's rows."""
-        if self.window is not None:
-            top, left, h, w = self.window
-            return np.ascontiguousarray(rows[0, top:top + h, left:left + w])
-        labels: np.ndarray = stitch_labels(self.plan, rows)
-        return labels
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (int(self.image.shape[0]), int(self.image.shape[1]))
+
+    @property
+    def num_tiles(self) -> int:
+        return count_tiles(self.geometry)
+
+    def tiles(self, geom: ScaleGeometry) -> np.ndarray:
+        """The tiles of one scale (float32 ``(n, 3, tile_h, tile_w)``)."""
+        return scale_tiles(self.image, geom, tile=self.tile, mean=self.mean)
+
+    def crop(self, rows: np.ndarray) -> np.ndarray:
+        """The label map (H, W) from the in-graph labels of the one tile."""
+        assert self.window is not None
+        top, left, h, w = self.window
+        return np.ascontiguousarray(rows[0, top:top + h, left:left + w])
 
 
 @dataclass(frozen=True)
@@ -79,7 +96,7 @@ class Segmented(Generic[T]):
 Encode = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], T]
 
 
-def one_window(plan: TilePlan) -> Window | None:
+def one_window(geometry: Sequence[ScaleGeometry], image_size: tuple[int, int]) -> Window | None:
     """Where the image lies in its one tile when the artifact's in-graph ``labels`` are the answer.
 
     One scale, one window, no mirror and no resize back (``whole`` on an image of the tile's
@@ -87,31 +104,34 @@ def one_window(plan: TilePlan) -> Window | None:
     pixel is that window's softmax, whose argmax is the argmax of the logits, which the graph
     computes (first class on ties). None for any other plan.
     """
-    if len(plan.scales) != 1 or plan.flip:
+    if len(geometry) != 1 or geometry[0].flip:
         return None
-    geom = plan.scales[0]
-    if geom.num_windows != 1 or geom.size != plan.image_size:
+    geom = geometry[0]
+    if geom.num_windows != 1 or geom.size != image_size:
         return None
     return (*geom.pad, *geom.size)
 
 
 def prepare(meta: ArtifactMeta, rgb: np.ndarray, params: InferenceParams, outputs: Sequence[str]) -> TileWork:
-    """The image's tiles for these parameters, and which output of the runner answers it.
+    """The image's windows for these parameters, and which output of the runner answers it.
 
     Geometry that cannot be planned is a 400 (with how to serve it where that exists).
     """
     p = meta.protocol
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 RGB image, got shape {rgb.shape}")
+    height, width = int(rgb.shape[0]), int(rgb.shape[1])
     try:
-        plan = plan_tiles(rgb, tile=meta.tile, mode=params.mode, scales=params.scales, flip=params.flip,
-                          base_size=p.base_size, stride_rate=p.stride_rate, mean=meta.mean)
+        geometry = plan_geometry(height, width, tile=meta.tile, mode=params.mode, scales=params.scales,
+                                 flip=params.flip, base_size=p.base_size, stride_rate=p.stride_rate)
     except ValueError as e:  # e.g. a 1 x 40000 image at scale 0.5 shrinks to nothing
         # whole resizes any shape into the one tile: the way to serve a strip too thin to scale
         hint = ("" if params.mode == "whole"
                 else "; mode=whole serves images of any shape (resized into one tile)")
-        size = f"{rgb.shape[1]}x{rgb.shape[0]}"
-        raise BadRequest(f"cannot segment a {size} image this way: {e}{hint}") from None
-    window = one_window(plan) if LABELS_NAME in outputs else None
-    return TileWork(plan, LABELS_NAME if window is not None else OUTPUT_NAME, window)
+        raise BadRequest(f"cannot segment a {width}x{height} image this way: {e}{hint}") from None
+    window = one_window(geometry, (height, width)) if LABELS_NAME in outputs else None
+    return TileWork(rgb, geometry, meta.tile, meta.mean, LABELS_NAME if window is not None else OUTPUT_NAME,
+                    window, stream_chunk(meta.num_classes, meta.tile, params.flip))
 
 
 class Chain:
@@ -127,15 +147,35 @@ class Chain:
         """Label map (H, W) of a decoded image and the number of tiles it took.
 
         ``cpu`` runs the planning and stitching (None: this thread); ``runner`` the tiles, by
-        ``deadline`` (the event loop's clock).
+        ``deadline`` (the event loop's clock). Stitched requests stream: a scale's tiles are cut
+        when its turn comes and go to the runner :attr:`TileWork.chunk` at a time; each chunk's
+        logits are folded into the :class:`~service.protocol.stitch.Stitcher` and dropped, so a
+        request holds one chunk of logits, never all of them (admission weighs all its tiles at
+        the first chunk: the rest follow without being refused).
         """
         timings = Timings() if timings is None else timings
         work = await _in(cpu, timings, "plan", prepare, self.meta, rgb, params, runner.outputs)
-        with timings.stage("batch"):
-            rows = await runner.submit(work.plan.tiles, deadline=deadline, output=work.output)
-        # a crop of one tile's ids needs no thread
-        labels = await _in(cpu if work.window is None else None, timings, "stitch", work.finish, rows)
-        return labels, work.plan.num_tiles
+        if work.window is not None:
+            tiles = await _in(cpu, timings, "plan", work.tiles, work.geometry[0])
+            with timings.stage("batch"):
+                rows = await runner.submit(tiles, deadline=deadline, output=work.output)
+            with timings.stage("stitch"):  # a crop of one tile's ids needs no thread
+                return work.crop(rows), work.num_tiles
+        stitcher = Stitcher(work.geometry, work.image_size, self.meta.num_classes, work.tile)
+        admit: int | None = work.num_tiles
+        for geom in work.geometry:
+            tiles = await _in(cpu, timings, "plan", work.tiles, geom)
+            for a in range(0, len(tiles), work.chunk):
+                with timings.stage("batch"):
+                    rows = await runner.submit(tiles[a:a + work.chunk], deadline=deadline, output=OUTPUT_NAME,
+                                               admit_tiles=admit)
+                admit = 0
+                await _in(cpu, timings, "stitch", stitcher.add, rows, geom.first + a)
+                del rows  # before the next chunk's arrive: one chunk of logits alive
+            del tiles
+            await _in(cpu, timings, "stitch", stitcher.fold)  # without a chunk's logits beside it
+        labels = await _in(cpu, timings, "stitch", stitcher.labels)
+        return labels, work.num_tiles
 
     async def segment(self, images: Sequence[Upload] | np.ndarray, params: InferenceParams,
                       encode: Encode[T], *, runner: TileRunner, cpu: Executor | None = None,

@@ -9,12 +9,15 @@ request only while the requests in flight plus this one fit
 
 * decode: the upload, Pillow's frame (4 bytes a pixel for RGB), the RGB array
   and, with EXIF rotation, one more copy: at most ``DECODE_BYTES_PER_PIXEL``;
-* plan: the RGB array, its float32 copy (12), each scale's resized float image
-  and mean-padded canvas, and the tiles (3 x tile x 4 bytes each);
-* run and stitch: the RGB array, the tiles and the stitcher's peak
-  (:func:`service.protocol.peak_bytes.stitch_peak_bytes`: every tile's logits, C x tile x 4
-  bytes each, its own temporaries, which follow the working resolution and the
-  classes, never P x C, and the labels);
+* plan (a scale at a time): the RGB array, its float32 copy (12), the scale's
+  resized float image and mean-padded canvas, its tiles (3 x tile x 4 bytes
+  each), beside what the stitcher keeps from the scales before
+  (:func:`service.protocol.peak_bytes.stitch_held_bytes`);
+* run and stitch: the RGB array, one scale's tiles and the stitcher's peak
+  (:func:`service.protocol.peak_bytes.stitch_peak_bytes`: one chunk's logits, C x
+  tile x 4 bytes a tile, of :func:`service.protocol.peak_bytes.stream_chunk` tiles; its
+  own arrays, which follow the working resolution and the classes, never P x C
+  beyond the working size, and the labels);
 * encode: the RGB array, the labels and, for an overlay, the colour image, the
   blend and Pillow's copy.
 
@@ -30,8 +33,8 @@ from collections.abc import Sequence
 from service.codec.sniff import declared_size, sniff_format
 from service.contract.artifact import ArtifactMeta
 from service.pipeline.params import InferenceParams
-from service.protocol.peak_bytes import stitch_peak_bytes
-from service.protocol.windows import ScaleGeometry, count_tiles, plan_geometry
+from service.protocol.peak_bytes import stitch_held_bytes, stitch_peak_bytes, stream_chunk
+from service.protocol.windows import ScaleGeometry, plan_geometry
 
 #: Pillow's frame, the RGB array, an orientation copy, and mode conversions of 8-bit inputs
 DECODE_BYTES_PER_PIXEL = 16
@@ -53,20 +56,22 @@ def request_peak_bytes(height: int, width: int, geometry: Sequence[ScaleGeometry
     label_bytes = pixels * (1 if num_classes <= 256 else 2)
     rgb = pixels * 3
     th, tw = tile
-    tiles = count_tiles(geometry) * 3 * th * tw * F32
-    # the float copy of the whole image, then per scale its resize and its padded canvas
+    # the chain cuts one scale's tiles at a time, and streams them chunk by chunk
+    tiles = max(g.num_tiles for g in geometry) * 3 * th * tw * F32
+    chunk = stream_chunk(num_classes, tile, geometry[0].flip)
+    # a scale's float copy of the image, its resize and its padded canvas
     widest_scale = max((g.size[0] * g.size[1] + g.canvas[0] * g.canvas[1]) * 3 * F32 for g in geometry)
     stages = {
         "decode": pixels * DECODE_BYTES_PER_PIXEL,
-        "plan": rgb + pixels * 3 * F32 + widest_scale + tiles,
-        # the stitcher's figure counts every tile's logits and its labels
-        "stitch": rgb + tiles + stitch_peak_bytes(geometry, (height, width), num_classes, tile),
+        # cutting a scale's tiles beside what the stitcher keeps from the scales before
+        "plan": rgb + pixels * 3 * F32 + widest_scale + tiles
+        + stitch_held_bytes(geometry, (height, width), num_classes),
+        # the stitcher's figure counts a chunk's logits and the labels
+        "stitch": rgb + tiles + stitch_peak_bytes(geometry, (height, width), num_classes, tile, chunk),
         "encode": rgb + label_bytes + pixels * (OVERLAY_BYTES_PER_PIXEL if output == "overlay"
                                                  else PNG_BYTES_PER_PIXEL),
     }
     return body_bytes + math.ceil(RSS_FACTOR * max(stages.values()))
-
-
 
 
 def upload_cost(meta: ArtifactMeta, data: bytes, params: InferenceParams, output: str) -> int | None:

@@ -31,8 +31,14 @@ class TileRunner(Protocol):
         """The artifact outputs it can fetch: ``("logits",)`` or ``("logits", "labels")``."""
         ...
 
-    async def submit(self, tiles: np.ndarray, *, deadline: float, output: str = ...) -> np.ndarray:
-        """The rows of ``output`` for ``tiles`` (``(N, C, H, W)`` logits or ``(N, H, W)`` labels)."""
+    async def submit(self, tiles: np.ndarray, *, deadline: float, output: str = ...,
+                     admit_tiles: int | None = ...) -> np.ndarray:
+        """The rows of ``output`` for ``tiles`` (``(N, C, H, W)`` logits or ``(N, H, W)`` labels).
+
+        ``admit_tiles``: the tiles a runner that refuses work weighs for this submission: None for
+        ``len(tiles)`` (a request sent whole); a streamed request's total with its first chunk,
+        and 0 with the chunks after it (admitted already: never refused for room or time).
+        """
         ...
 
 
@@ -68,5 +74,5 @@ class EngineRunner:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     async def submit(self, tiles: np.ndarray, *, deadline: float = math.inf,
-                     output: str = OUTPUT_NAME) -> np.ndarray:
+                     output: str = OUTPUT_NAME, admit_tiles: int | None = None) -> np.ndarray:
         return self.run(tiles, output)

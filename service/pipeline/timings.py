@@ -17,6 +17,8 @@ class Timings:
 
     ``intervals`` keeps when each timed stage began and ended (``time.perf_counter``), in order:
     the request's trace draws its stage spans from them after the fact (service/telemetry/tracing.py).
+    A stage timed again right after itself (a streamed request's planning, then cutting its first
+    scale; adding its last chunk, then folding the scale) extends its interval rather than adding one.
     """
 
     stages: dict[str, float] = field(default_factory=dict)
@@ -32,7 +34,10 @@ class Timings:
             yield
         finally:
             t1 = time.perf_counter()
-            self.intervals.append((name, t0, t1))
+            if self.intervals and self.intervals[-1][0] == name:
+                self.intervals[-1] = (name, self.intervals[-1][1], t1)
+            else:
+                self.intervals.append((name, t0, t1))
             self.add(name, t1 - t0)
 
     def header(self) -> str:

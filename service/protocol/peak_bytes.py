@@ -1,4 +1,4 @@
-"""How many bytes :func:`service.protocol.stitch.stitch_labels` holds at its peak, from sizes alone.
+"""How many bytes a :class:`service.protocol.stitch.Stitcher` holds at its peak, from sizes alone.
 
 The server can call :func:`stitch_peak_bytes` before decoding a request (the
 geometry comes from the image header, :func:`service.protocol.windows.plan_geometry`).
@@ -6,14 +6,16 @@ It takes the stitcher's own decisions (one window, the full-size computation,
 or the bounded route of :mod:`service.protocol.bands`) and adds up the arrays
 alive at the worst moment of each phase:
 
-* all along: the logits of every tile (float32) and, from the argmax on, the labels;
-* building scale s: the scales before it (float64 at their working size), its
-  own float64 sum, the softmax of a strip of one window (two, with flip) and
-  the coverage;
+* while a chunk is folded: its logits (float32); from the argmax on, the labels;
+* building scale s: its own float64 sum, the softmax of a strip of one window
+  (two, with flip) and the coverage; beside it what the route keeps of the
+  scales before (the bounded route: each at its working size; the full-size
+  route: the image-size sum, to which each scale is then added a group of
+  classes at a time, gathered and resized);
 * the argmax: every scale, their rankings and one band's temporaries, whose
   sizes are set by the constants of :mod:`service.protocol.bands` and
-  :mod:`service.protocol.values` (the full-size route: the full-size sum, one
-  resized scale and numpy's argmax).
+  :mod:`service.protocol.values` (the full-size route: the image-size sum and
+  the running argmax).
 
 Every term is an upper bound of what numpy allocates there, so the total is
 too; tests/service/protocol/test_peak_bytes.py checks it against tracemalloc's peak
@@ -21,7 +23,8 @@ too; tests/service/protocol/test_peak_bytes.py checks it against tracemalloc's p
 RSS grows by some more (allocator pages, OpenCV's own buffers: 20 to 32 MB
 more on the 12 Mpx cases of benchmarks/results/stitch_agreement.json). Only the full-size route
 grows with image pixels x classes, where that is no more than the working size
-or where OpenCV resizes with another arithmetic (3 or 4 classes: IPP).
+or where OpenCV resizes with another arithmetic (3 or 4 classes: IPP); no route
+holds more than one chunk of logits.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import numpy as np
 from service.protocol.bands import BOUNDED_PIXELS, PAIRS, uses_full_size
 from service.protocol.bounds import RANK_BLOCK, index_dtype
 from service.protocol.probs import strip_rows
-from service.protocol.resize import CV_MAX_CHANNELS
+from service.protocol.resize import resize_groups
 from service.protocol.taps import linear_taps
 from service.protocol.values import DENSE_VALUES
 from service.protocol.windows import ScaleGeometry, count_tiles
@@ -44,10 +47,20 @@ F32, F64, INTP = 4, 8, 8
 #: four taps; measured at most 129)
 CANDIDATE_PAIR_BYTES = 48
 ALL_CLASSES_PAIR_BYTES = 136
+#: logits per submission of a streamed request (:func:`stream_chunk`)
+STREAM_BYTES = 2**26
 #: index tuples, short taps, Python objects: what the terms above leave out
 SMALL = 2**18
 #: per source pixel while ranking: top1, top2 and label (index), margin and third (float32), shifted copies
 RANK_BYTES_FIXED = 17
+
+
+def stream_chunk(classes: int, tile: tuple[int, int], flip: bool) -> int:
+    """Tiles per submission of a stitched request: about :data:`STREAM_BYTES` of logits, whole
+    windows, at least one window (a 150-class 473x473 window and its mirror: 268 MB)."""
+    window = 2 if flip else 1
+    per_window = window * classes * tile[0] * tile[1] * 4
+    return window * max(1, STREAM_BYTES // per_window)
 
 
 def _window_bytes(classes: int, tile: tuple[int, int], flip: bool) -> int:
@@ -127,30 +140,37 @@ def _bounded_bytes(working: Sequence[tuple[int, int]], image_size: tuple[int, in
 
 
 def _full_size_bytes(geometry: Sequence[ScaleGeometry], image_size: tuple[int, int], classes: int,
-                     tile: tuple[int, int], label: int) -> int:
-    """The official route: the full-size sum, one scale's working probabilities, one resized range."""
-    pixels = image_size[0] * image_size[1]
-    total = classes * pixels * F64
-    resized = min(classes, CV_MAX_CHANNELS) * pixels * F64
+                     tile: tuple[int, int], logits: int, label: int, *, streamed: bool) -> int:
+    """The official route, streamed: the image-size sum and the scale being built (with one chunk's
+    logits and a strip's softmax, or its coverage) or being added (with one group of classes,
+    gathered and resized); then the argmax."""
+    height, width = image_size
+    total = classes * height * width * F64
     peak = 0
     for i, geom in enumerate(geometry):
         h, w = geom.size
-        window = max(_window_bytes(classes, tile, geom.flip), h * w * F64 + F64 * (h + w))
-        # a scale of the image's size is not resized: its ranges are the sum or are added as they are;
-        # the first scale's resized ranges become the sum while its working ranges are still alive
-        copies = 0 if geom.size == image_size else (total if i == 0 else resized)
-        peak = max(peak, (total if i else 0) + classes * h * w * F64 + max(window, copies))
-    # argmax: labels and the cast; per channel range, labels and values of two ranges, the mask and picks
-    argmax = pixels * ((6 * F64 + 1 if classes > CV_MAX_CHANNELS else F64) + label)
-    return max(peak, total + argmax)
+        own = classes * h * w * F64
+        strip = (strip_rows(classes, tile), tile[1])
+        build = own + logits + max(_window_bytes(classes, strip, geom.flip), h * w * F64 + F64 * (h + w))
+        group = 0
+        if geom.size != image_size:
+            widest = max(b - a for a, b in resize_groups(classes, geom.size, image_size))
+            group = widest * (h * w + height * width) * F64
+        # the sum exists from the first scale's addition on
+        # streamed, the logits are gone when the scale is folded (the chain drops them first)
+        peak = max(peak, (total if i else 0) + build, total + own + group + (0 if streamed else logits))
+    # argmax: the running best, the labels, the mask and the step
+    return max(peak, total + height * width * (F64 + 1 + 2 * label))
 
 
 def stitch_peak_bytes(geometry: Sequence[ScaleGeometry], image_size: tuple[int, int], num_classes: int,
-                      tile: tuple[int, int]) -> int:
-    """Upper bound of the bytes alive at the peak of ``stitch_labels`` for this request.
+                      tile: tuple[int, int], chunk_tiles: int | None = None) -> int:
+    """Upper bound of the bytes alive at the peak of a :class:`~service.protocol.stitch.Stitcher`
+    fed ``chunk_tiles`` tiles at a time (None: every tile at once, as ``stitch_labels``).
 
-    Counts the logits of all tiles (float32, ``count_tiles(geometry) x classes x
-    tile``), the stitcher's own arrays and the output labels. ``geometry`` is
+    Counts one chunk's logits (float32, ``chunk x classes x tile``) while they are added (all
+    along, when every tile comes at once; streamed, a scale is folded after they are gone), the
+    stitcher's own arrays and the output labels. ``geometry`` is
     :func:`service.protocol.windows.plan_geometry` of the request, ``image_size`` its
     (height, width).
     """
@@ -158,17 +178,33 @@ def stitch_peak_bytes(geometry: Sequence[ScaleGeometry], image_size: tuple[int, 
         raise ValueError("the geometry has no scales")
     height, width = image_size
     label = 1 if num_classes <= 256 else 2
-    logits = count_tiles(geometry) * num_classes * tile[0] * tile[1] * F32
+    # chunks never straddle scales (the chain cuts a scale's tiles at a time)
+    widest = max(g.num_tiles for g in geometry)
+    chunk = count_tiles(geometry) if chunk_tiles is None else max(1, min(chunk_tiles, widest))
+    logits = chunk * num_classes * tile[0] * tile[1] * F32
     first = geometry[0]
     if len(geometry) == 1 and first.num_windows == 1 and first.size == image_size:
         return logits + _lone_bytes(first, num_classes, tile, label) + SMALL
     if uses_full_size(geometry, image_size, num_classes):
-        return logits + _full_size_bytes(geometry, image_size, num_classes, tile, label) + SMALL
+        return _full_size_bytes(geometry, image_size, num_classes, tile, logits, label,
+                                streamed=chunk_tiles is not None) + SMALL
     held = 0
     build = 0
     for geom in geometry:
-        build = max(build, held + _build_bytes(geom, image_size, num_classes, tile))
+        build = max(build, held + logits + _build_bytes(geom, image_size, num_classes, tile))
         held += num_classes * geom.size[0] * geom.size[1] * F64 + _taps_bytes(image_size)
     working = [g.size for g in geometry]
     route = _bounded_bytes(working, image_size, num_classes, label) if num_classes > 1 else 0
-    return logits + height * width * label + max(build, held + route) + SMALL
+    return height * width * label + max(build, held + route) + SMALL
+
+
+def stitch_held_bytes(geometry: Sequence[ScaleGeometry], image_size: tuple[int, int],
+                      num_classes: int) -> int:
+    """The most a :class:`~service.protocol.stitch.Stitcher` keeps between two scales (while the next
+    scale's tiles are cut): the image-size sum (full-size route) or the scales before the last at
+    their working size (bounded route); nothing for one window."""
+    if len(geometry) == 1:
+        return 0
+    if uses_full_size(geometry, image_size, num_classes):
+        return num_classes * image_size[0] * image_size[1] * F64
+    return sum(num_classes * g.size[0] * g.size[1] * F64 + _taps_bytes(image_size) for g in geometry[:-1])

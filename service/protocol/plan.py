@@ -44,14 +44,35 @@ def _canvas_chw(image: NDArray[np.float32], geom: ScaleGeometry,
     return canvas
 
 
+def scale_tiles(image: NDArray[np.generic], geom: ScaleGeometry, *, tile: tuple[int, int],
+                mean: Sequence[float] = (0.0, 0.0, 0.0)) -> Tiles:
+    """The tiles of one scale of a plan, ``(geom.num_tiles, 3, tile_h, tile_w)``: each window, then
+    (with flip) its mirror. The image is converted to float32 first, as the official code does
+    (converting again for each scale gives the same numbers and holds one copy at a time)."""
+    as_float = np.asarray(image).astype(np.float32, copy=False)
+    canvas = _canvas_chw(as_float, geom, np.asarray(mean, dtype=np.float32))
+    del as_float
+    th, tw = tile
+    tiles = np.empty((geom.num_tiles, 3, th, tw), dtype=np.float32)
+    k = 0
+    for y in geom.rows:
+        for x in geom.cols:
+            tiles[k] = canvas[:, y:y + th, x:x + tw]
+            if geom.flip:
+                tiles[k + 1] = tiles[k, :, :, ::-1]
+            k += 2 if geom.flip else 1
+    return tiles
+
+
 def plan_tiles(image: NDArray[np.generic], *, tile: tuple[int, int], mode: Mode,
                scales: Sequence[float] | None = None, flip: bool = False, base_size: int = 512,
                stride_rate: float = 2 / 3, mean: Sequence[float] = (0.0, 0.0, 0.0)) -> TilePlan:
-    """Cut an ``HxWx3`` RGB image (uint8, or float in 0..255) into model tiles.
+    """Cut an ``HxWx3`` RGB image (uint8, or float in 0..255) into model tiles, every scale's.
 
     ``scales`` defaults to [1.0] for ``slide`` and the paper's six for
     ``multiscale``; ``whole`` takes none (or [1.0]). ``mean`` is the padding
-    colour in 0..255 units (the model's normalisation mean).
+    colour in 0..255 units (the model's normalisation mean). The server cuts one
+    scale at a time instead (:func:`scale_tiles`), as its tiles are needed.
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
@@ -60,17 +81,7 @@ def plan_tiles(image: NDArray[np.generic], *, tile: tuple[int, int], mode: Mode,
     height, width = int(image.shape[0]), int(image.shape[1])
     geometry = plan_geometry(height, width, tile=tile, mode=mode, scales=scales, flip=flip,
                              base_size=base_size, stride_rate=stride_rate)
-    as_float = np.asarray(image).astype(np.float32, copy=False)
-    mean32 = np.asarray(mean, dtype=np.float32)
-    th, tw = tile
-    tiles = np.empty((count_tiles(geometry), 3, th, tw), dtype=np.float32)
+    tiles = np.empty((count_tiles(geometry), 3, *tile), dtype=np.float32)
     for geom in geometry:
-        canvas = _canvas_chw(as_float, geom, mean32)
-        k = geom.first
-        for y in geom.rows:
-            for x in geom.cols:
-                tiles[k] = canvas[:, y:y + th, x:x + tw]
-                if flip:
-                    tiles[k + 1] = tiles[k, :, :, ::-1]
-                k += 2 if flip else 1
-    return TilePlan(tiles, (height, width), (th, tw), mode, flip, geometry)
+        tiles[geom.first:geom.first + geom.num_tiles] = scale_tiles(image, geom, tile=tile, mean=mean)
+    return TilePlan(tiles, (height, width), tile, mode, flip, geometry)

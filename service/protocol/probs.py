@@ -126,27 +126,69 @@ def scale_probs_hwc(geom: ScaleGeometry, tile: tuple[int, int], logits: NDArray[
     return list(zip(ranges, sums, strict=True))
 
 
+class ScaleSum:
+    """One scale's probabilities built window by window as its tiles' logits arrive: the numbers
+    of :func:`scale_probs_hwc`, as one (classes, h, w) array.
+
+    :meth:`add` takes the logits of consecutive tiles in plan order (a window and its mirror in
+    the same call); each window is added as it comes and its logits can go, so a request never
+    holds more than the tiles in flight. Windows are taken a strip of rows at a time: the
+    softmax of a whole tile of 150 classes at 473x473 is 134 MB, of a strip 16 MB.
+    """
+
+    def __init__(self, geom: ScaleGeometry, tile: tuple[int, int], classes: int) -> None:
+        self.geom = geom
+        self.tile = tile
+        h, w = geom.size
+        self._alone = geom.num_windows == 1
+        self.sum = (np.empty if self._alone else np.zeros)((classes, h, w), dtype=np.float64)
+        self._windows = list(_overlaps(geom, tile))
+        self._next_window = 0
+        self.received = 0  # tiles of this scale whose logits were added (or were padding only)
+
+    @property
+    def complete(self) -> bool:
+        return self.received == self.geom.num_tiles
+
+    def add(self, logits: NDArray[np.float32], first: int) -> None:
+        """Add the windows among tiles ``first .. first + len(logits)`` (plan indices, consecutive
+        with what came before)."""
+        start = self.geom.first + self.received
+        if first != start or len(logits) > self.geom.num_tiles - self.received:
+            left = self.geom.num_tiles - self.received
+            raise ValueError(f"expected tiles from {start} on, at most {left}; "
+                             f"got {len(logits)} from {first}")
+        if self.geom.flip and len(logits) % 2:
+            raise ValueError("a window and its mirror must come in the same call")
+        stop = first + len(logits)
+        step = strip_rows(self.sum.shape[0], self.tile)
+        while self._next_window < len(self._windows) and self._windows[self._next_window][0] < stop:
+            k, (ty, tx), (iy, ix) = self._windows[self._next_window]
+            for top in range(ty.start, ty.stop, step):
+                rows = slice(top, min(top + step, ty.stop))
+                into = slice(iy.start + top - ty.start, iy.start + rows.stop - ty.start)
+                part = window_probs(logits, k - first, self.geom.flip, rows)[:, :, tx]
+                if self._alone:
+                    self.sum[:, into] = part
+                else:
+                    self.sum[:, into, ix] += part
+                del part  # before the next strip's softmax: one strip-sized array alive, not two
+            self._next_window += 1
+        self.received += len(logits)
+
+    def result(self) -> NDArray[np.float64]:
+        """The scale's (classes, h, w) probabilities; the sum is divided in place (call once)."""
+        if not self.complete:
+            raise ValueError(f"{self.geom.num_tiles - self.received} tiles of this scale have not arrived")
+        if not self._alone:
+            self.sum /= _cover(self.geom, self.tile)
+        return self.sum
+
+
 def scale_probs_chw(geom: ScaleGeometry, tile: tuple[int, int],
                     logits: NDArray[np.float32]) -> NDArray[np.float64]:
-    """One scale's probabilities as one (classes, h, w) array: the numbers of :func:`scale_probs_hwc`.
-
-    Windows are taken a strip of rows at a time: the softmax of a whole tile of
-    150 classes at 473x473 is 134 MB, of a strip 16 MB.
-    """
-    h, w = geom.size
-    alone = geom.num_windows == 1
-    acc = (np.empty if alone else np.zeros)((logits.shape[1], h, w), dtype=np.float64)
-    step = strip_rows(logits.shape[1], tile)
-    for k, (ty, tx), (iy, ix) in _overlaps(geom, tile):
-        for top in range(ty.start, ty.stop, step):
-            rows = slice(top, min(top + step, ty.stop))
-            into = slice(iy.start + top - ty.start, iy.start + rows.stop - ty.start)
-            part = window_probs(logits, k, geom.flip, rows)[:, :, tx]
-            if alone:
-                acc[:, into] = part
-            else:
-                acc[:, into, ix] += part
-            del part  # before the next strip's softmax: one strip-sized array alive, not two
-    if not alone:
-        acc /= _cover(geom, tile)
-    return acc
+    """One scale's probabilities as one (classes, h, w) array, from the logits of every tile of the
+    plan (:class:`ScaleSum` fed this scale's tiles at once)."""
+    built = ScaleSum(geom, tile, logits.shape[1])
+    built.add(logits[geom.first:geom.first + geom.num_tiles], geom.first)
+    return built.result()

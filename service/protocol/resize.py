@@ -50,6 +50,33 @@ def channel_chunks(channels: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(i * channels // chunks for i in range(chunks + 1)))
 
 
+#: one group of channels resized at a time by :func:`resize_groups`: its source and resized values
+RESIZE_GROUP_BYTES = 2**25
+
+
+def resize_groups(channels: int, size: tuple[int, int], dsize: tuple[int, int]) -> list[tuple[int, int]]:
+    """:func:`channel_groups` of about :data:`RESIZE_GROUP_BYTES` of float64 source and result."""
+    per_channel = (size[0] * size[1] + dsize[0] * dsize[1]) * 8
+    return channel_groups(channels, max(1, RESIZE_GROUP_BYTES // per_channel))
+
+
+def channel_groups(channels: int, group: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of about ``group`` channels that resize exactly as the whole array.
+
+    Bilinear resize treats every channel alone, and OpenCV takes the same code path for any
+    5 to 128 channels (tests/service/protocol/test_plan.py): so groups are cut inside the ranges
+    of :func:`channel_chunks`, each of at least 5 channels, and a range of 4 or fewer (IPP's path)
+    is never cut. Resizing group by group holds ``group`` channels of the result at a time.
+    """
+    if group < 1:
+        raise ValueError(f"group must be at least 1, not {group}")
+    out = []
+    for a, b in channel_chunks(channels):
+        parts = max(1, min((b - a) // 5, -(-(b - a) // group)))  # every part keeps at least 5 channels
+        out += [(a + i * (b - a) // parts, a + (i + 1) * (b - a) // parts) for i in range(parts)]
+    return out
+
+
 def resize_linear(array: NDArray[F], size: tuple[int, int]) -> NDArray[F]:
     """Resize an ``HxW`` or ``HxWxC`` float array to ``size = (height, width)``.
 

@@ -37,7 +37,7 @@ the padding colour ``mean`` is in those units: it normalises to zero.
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,10 +46,11 @@ from service.contract.artifact import label_dtype
 from service.protocol.argmax import Labels, argmax_classes
 from service.protocol.bands import resized_argmax, uses_full_size
 from service.protocol.plan import TilePlan
-from service.protocol.probs import Chunks, scale_probs_chw, scale_probs_hwc, window_probs
-from service.protocol.resize import resize_linear
+from service.protocol.probs import Chunks, ScaleSum, scale_probs_hwc, window_probs
+from service.protocol.resize import resize_groups, resize_linear
 from service.protocol.taps import resize_taps
 from service.protocol.values import Source
+from service.protocol.windows import ScaleGeometry, count_tiles
 
 
 def _check_logits(plan: TilePlan, logits: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -68,7 +69,7 @@ def summed_probs(plan: TilePlan, logits: NDArray[np.float32]) -> Chunks:
 
     Every scale's probabilities resized to the image, summed, divided by the scale count:
     8 x classes bytes per image pixel. :func:`stitch_labels` takes their argmax this way
-    only when the image is no larger than the working resolution (:func:`_full_size_labels`);
+    only when the image is no larger than the working resolution (:class:`Stitcher`);
     the tests' oracle (tests/service/stitch_oracle.py) joins the ranges.
     """
     logits = _check_logits(plan, logits)
@@ -88,70 +89,135 @@ def summed_probs(plan: TilePlan, logits: NDArray[np.float32]) -> Chunks:
     return total
 
 
-def _lone_window_labels(plan: TilePlan, logits: NDArray[np.float32]) -> Labels | None:
-    """Labels straight from the window's float32 probabilities when ONE window makes the image.
+class Stitcher:
+    """Labels of one image from its tiles' logits as they arrive: :func:`stitch_labels` in a stream.
 
-    One scale, one window, no resize back (``whole`` on an image of the tile's
-    size, or slide on an image no larger than the tile): the official float64
-    value of a pixel is 0 + p divided by a coverage of 1, i.e. p itself, so its
-    argmax is the argmax of the float32 p, ties included. This skips the
-    (C, H, W) float64 copy: about 15 ms of CPU of a 360x480 request, measured
-    on the 2-core benchmark machine (BENCHMARKS.md). None when the plan is
-    anything else.
+    :meth:`add` takes consecutive tiles in plan order (a window and its mirror in the same call)
+    and folds each window into its scale's float64 sum (:class:`ScaleSum`); the logits can go at
+    once. When a scale is complete it is folded into what the route keeps:
+
+    * one window is the image: that window's logits, until :meth:`labels`;
+    * the full-size computation (:func:`service.protocol.bands.uses_full_size`): one image-size
+      float64 sum, channels first, to which each scale is added resized (a few classes at a
+      time, with OpenCV), then freed: one scale's probabilities and the image-size sum at most;
+    * otherwise each scale at its working size, for the banded argmax of
+      :mod:`service.protocol.bands`.
+
+    Every value is the official computation's, added in its order, so :meth:`labels` equals
+    :func:`stitch_labels` on all the logits at once (tests/service/protocol/test_stitch.py).
     """
-    if len(plan.scales) != 1:
-        return None
-    geom = plan.scales[0]
-    if geom.num_windows != 1 or geom.size != plan.image_size:
-        return None
-    logits = _check_logits(plan, logits)
-    (top, left), (h, w) = geom.pad, geom.size
-    probs = window_probs(logits, geom.first, geom.flip)[:, top:top + h, left:left + w]
-    return argmax_classes(probs, label_dtype(probs.shape[0]))
 
+    def __init__(self, geometry: Sequence[ScaleGeometry], image_size: tuple[int, int], classes: int,
+                 tile: tuple[int, int]) -> None:
+        if not geometry:
+            raise ValueError("the plan has no scales")
+        if classes < 1:
+            raise ValueError("logits have no classes")
+        self.geometry = tuple(geometry)
+        self.image_size = image_size
+        self.classes = classes
+        self.tile = tile
+        first = self.geometry[0]
+        lone = len(self.geometry) == 1 and first.num_windows == 1 and first.size == image_size
+        self.route = ("lone" if lone else "full" if uses_full_size(self.geometry, image_size, classes)
+                      else "bounded")
+        self._scale = 0
+        self._building: ScaleSum | None = None
+        self._lone: NDArray[np.float32] | None = None
+        self._total: NDArray[np.float64] | None = None  # the full-size route's (classes, H, W) sum
+        self._sources: list[Source] = []  # the bounded route's scales
 
-def _full_size_labels(plan: TilePlan, logits: NDArray[np.float32]) -> Labels:
-    """The official computation itself: every scale resized to the image, summed, argmax.
+    @property
+    def expected(self) -> int:
+        """Index of the next tile :meth:`add` takes."""
+        if self._scale == len(self.geometry):
+            return count_tiles(self.geometry)
+        # a complete scale not yet folded ends where the next one starts: the same index
+        return self.geometry[self._scale].first + (self._building.received if self._building else 0)
 
-    Used when that is no larger than the working resolution, or where OpenCV's
-    resize is not the taps' arithmetic (:func:`service.protocol.bands.uses_full_size`).
-    More than 128 classes stay in channel ranges; the argmax is taken per range,
-    then across ranges.
-    """
-    chunks = summed_probs(plan, logits)
-    dtype = label_dtype(chunks[-1][0][1])
-    best_label: NDArray[np.intp] = chunks[0][1].argmax(axis=2)
-    if len(chunks) > 1:
-        best = np.take_along_axis(chunks[0][1], best_label[:, :, None], axis=2)[:, :, 0]
-        for (a, _), probs in chunks[1:]:
-            label = probs.argmax(axis=2)
-            value = np.take_along_axis(probs, label[:, :, None], axis=2)[:, :, 0]
-            # strictly greater: on a tie the earlier class wins, as in one argmax over all classes
-            better = value > best
-            best_label[better] = label[better] + a
-            best[better] = value[better]
-    return cast(Labels, best_label.astype(dtype))
+    def add(self, logits: NDArray[np.float32], first: int) -> None:
+        """Add the logits ``(n, classes, tile_h, tile_w)`` of tiles ``first .. first + n`` to their
+        scales (a scale completed by an earlier call is folded first)."""
+        th, tw = self.tile
+        if logits.ndim != 4 or logits.shape[1:] != (self.classes, th, tw):
+            raise ValueError(f"expected logits of shape (n, {self.classes}, {th}, {tw}), got {logits.shape}")
+        if first != self.expected:
+            raise ValueError(f"expected tiles from {self.expected} on, got tiles from {first}")
+        logits = np.asarray(logits, dtype=np.float32)
+        done = 0
+        while done < len(logits):
+            if self._scale == len(self.geometry):
+                raise ValueError(f"{len(logits) - done} tiles more than the plan has")
+            geom = self.geometry[self._scale]
+            if self.route == "lone":
+                self._lone, done = logits[done:], len(logits)
+                self._scale += 1
+                continue
+            if self._building is None:
+                self._building = ScaleSum(geom, self.tile, self.classes)
+            if self._building.complete:
+                self.fold()
+                continue
+            take = min(len(logits) - done, geom.num_tiles - self._building.received)
+            self._building.add(logits[done:done + take], first + done)
+            done += take
 
+    def fold(self) -> None:
+        """Fold the scale whose tiles have all arrived into what the route keeps (:meth:`add` and
+        :meth:`labels` do it when needed; a caller that calls it after dropping the last chunk's
+        logits keeps them out of the fold's peak)."""
+        if self._building is None or not self._building.complete:
+            return
+        geom = self.geometry[self._scale]
+        probs = self._building.result()
+        self._building = None
+        self._fold(geom, probs)
+        self._scale += 1
 
-def _general_labels(plan: TilePlan, logits: NDArray[np.float32]) -> Labels:
-    logits = _check_logits(plan, logits)
-    classes = logits.shape[1]
-    if uses_full_size(plan.scales, plan.image_size, classes):
-        return _full_size_labels(plan, logits)
-    # each scale at its working size, with the taps of OpenCV's resize to the image
-    sources = [Source(scale_probs_chw(geom, plan.tile, logits), *resize_taps(geom.size, plan.image_size))
-               for geom in plan.scales]
-    return resized_argmax(sources, plan.image_size, label_dtype(classes))
+    def _fold(self, geom: ScaleGeometry, probs: NDArray[np.float64]) -> None:
+        """Keep a finished scale as the route needs it."""
+        if self.route == "bounded":
+            self._sources.append(Source(probs, *resize_taps(geom.size, self.image_size)))
+            return
+        if self._total is None:  # 0 + p is p: the first scale's values are the sum's
+            self._total = np.zeros((self.classes, *self.image_size), dtype=np.float64)
+        if geom.size == self.image_size:  # OpenCV returns an identical copy for an unchanged size
+            self._total += probs
+            return
+        height, width = self.image_size
+        for a, b in resize_groups(self.classes, geom.size, self.image_size):
+            resized = resize_linear(np.ascontiguousarray(probs[a:b].transpose(1, 2, 0)), self.image_size)
+            self._total[a:b] += resized.reshape(height, width, b - a).transpose(2, 0, 1)
+            del resized
+
+    def labels(self) -> Labels:
+        """The image's labels (H, W), once every tile has been added."""
+        self.fold()
+        if self._scale != len(self.geometry):
+            raise ValueError(f"tiles from {self.expected} on have not arrived")
+        dtype = label_dtype(self.classes)
+        if self.route == "lone":
+            assert self._lone is not None
+            geom = self.geometry[0]
+            (top, left), (h, w) = geom.pad, geom.size
+            probs = window_probs(self._lone, 0, geom.flip)[:, top:top + h, left:left + w]
+            return argmax_classes(probs, dtype)
+        if self.route == "bounded":
+            return resized_argmax(self._sources, self.image_size, dtype)
+        assert self._total is not None
+        if len(self.geometry) > 1:
+            self._total /= len(self.geometry)
+        return argmax_classes(self._total, dtype)
 
 
 def stitch_labels(plan: TilePlan, logits: NDArray[np.float32]) -> NDArray[np.uint8] | NDArray[np.uint16]:
     """Per-pixel argmax labels (H, W), uint8 (uint16 beyond 256 classes).
 
     Exactly the argmax of :func:`summed_probs` over all classes (ties: the first class),
-    without ever holding per-class values of the full image: memory follows the
-    working resolution (:func:`stitch_peak_bytes`), not image pixels x classes.
+    without ever holding per-class values of the full image beyond the working resolution:
+    a :class:`Stitcher` fed every tile at once (memory: :func:`stitch_peak_bytes`).
     """
-    lone = _lone_window_labels(plan, logits)
-    if lone is not None:
-        return lone
-    return _general_labels(plan, logits)
+    logits = _check_logits(plan, logits)
+    stitcher = Stitcher(plan.scales, plan.image_size, logits.shape[1], plan.tile)
+    stitcher.add(logits, 0)
+    return stitcher.labels()

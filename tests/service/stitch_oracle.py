@@ -23,7 +23,7 @@ import numpy as np
 from service.contract.artifact import label_dtype
 from service.protocol.plan import TilePlan
 from service.protocol.probs import scale_probs_hwc
-from service.protocol.resize import channel_chunks, resize_linear
+from service.protocol.resize import channel_groups, resize_linear
 from service.protocol.stitch import summed_probs
 
 #: classes per group of the grouped oracle (8 bytes x group per image pixel, twice)
@@ -49,18 +49,10 @@ def oracle_labels(plan: TilePlan, logits: np.ndarray) -> np.ndarray:
     return stitch_float64(plan, logits).argmax(axis=2).astype(label_dtype(logits.shape[1]))
 
 
-def _groups(classes: int, group: int) -> list[tuple[int, int]]:
-    out = []
-    for a, b in channel_chunks(classes):
-        parts = max(1, min((b - a) // 5, -(-(b - a) // group)))  # every part keeps at least 5 channels
-        out += [(a + i * (b - a) // parts, a + (i + 1) * (b - a) // parts) for i in range(parts)]
-    return out
-
-
 def grouped_oracle_labels(plan: TilePlan, logits: np.ndarray, group: int = GROUP) -> np.ndarray:
     """The oracle's labels with memory for ``group`` classes of the full image at a time."""
     classes = logits.shape[1]
-    groups = _groups(classes, group)
+    groups = channel_groups(classes, group)
     best_label = np.zeros(plan.image_size, dtype=np.intp)
     best = np.full(plan.image_size, -np.inf)
     # each scale's working-size probabilities, computed once (the official float64 sums)

@@ -210,6 +210,36 @@ def test_sheds_at_once_when_the_queue_is_full() -> None:
     run(body)
 
 
+def test_a_streamed_request_is_weighed_whole_once_and_its_chunks_never_refused() -> None:
+    """The first chunk asks admission for the request's every tile (too many ever: 413, as if sent
+    whole); later chunks (admit_tiles=0) queue even when the queue is full, but not once stopping."""
+    async def body() -> None:
+        gate = threading.Event()
+        runner = FakeRunner(gate=gate)
+        b = await started(runner, max_batch=4, max_wait_ms=0, max_queue_tiles=6)
+        with pytest.raises(PayloadTooLarge):
+            await b.submit(tiles(1, 2), deadline=deadline(), admit_tiles=7)
+        a = asyncio.ensure_future(b.submit(tiles(2, 4), deadline=deadline(), admit_tiles=6))
+        await until_entered(runner)
+        q = asyncio.ensure_future(b.submit(tiles(3, 5), deadline=deadline()))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):  # 5 queued: no room for a new request of 2
+            await b.submit(tiles(4, 2), deadline=deadline())
+        follow = asyncio.ensure_future(b.submit(tiles(2, 2), deadline=deadline(), admit_tiles=0))
+        await asyncio.sleep(0)
+        assert b.queue_depth == 7  # beyond max_queue_tiles: the admitted request's next chunk
+        gate.set()
+        for fut, (rid, n) in ((a, (2, 4)), (q, (3, 5)), (follow, (2, 2))):
+            np.testing.assert_array_equal(await fut, expected(rid, n))
+        assert b.stats.rejected == {"too_large": 1, "overloaded": 1}
+        stopping = asyncio.ensure_future(b.stop())
+        await asyncio.sleep(0)
+        with pytest.raises(NotReady):
+            await b.submit(tiles(2, 2), deadline=deadline(), admit_tiles=0)
+        await stopping
+    run(body)
+
+
 def test_retry_after_follows_queue_depth_and_measured_speed() -> None:
     async def body() -> None:
         gate = threading.Event()

@@ -129,6 +129,22 @@ def test_named_outputs_on_cpu(tmp_path: Path) -> None:
             both.run_outputs(tiles, bad)
 
 
+def test_large_cpu_outputs_land_in_buffers_the_caller_owns(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past OWN_OUTPUT_BYTES a CPU batch's outputs are bound to fresh numpy buffers (freed to the
+    system when dropped), not ONNX Runtime's arena (kept by it for good); same values either way."""
+    engine = Engine(build_tiny_artifact(tmp_path / "labels.onnx", tile=TILE, num_classes=CLASSES,
+                                        with_labels=True), provider="cpu", max_batch=4)
+    tiles = random_tiles(3, seed=5)
+    arena = engine.run_outputs(tiles, ("logits", "labels"))
+    assert not arena["logits"].flags.owndata  # ORT's memory, under a capsule
+    monkeypatch.setattr(service.engine.sessions, "OWN_OUTPUT_BYTES", 0)
+    owned = engine.run_outputs(tiles, ("logits", "labels"))
+    for name in ("logits", "labels"):
+        assert owned[name].flags.owndata and owned[name].dtype == arena[name].dtype
+        np.testing.assert_array_equal(owned[name], arena[name])
+
+
 def test_labels_of_many_classes_are_uint16(tmp_path: Path) -> None:
     path = build_tiny_artifact(tmp_path / "many.onnx", tile=(8, 8), num_classes=300, with_labels=True)
     engine = Engine(path, provider="cpu", max_batch=2)

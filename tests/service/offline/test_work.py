@@ -19,6 +19,7 @@ from service.offline.work import BulkConfig, Decoded, Job, Segmenter, decode_inp
 from service.pipeline.chain import Chain
 from service.pipeline.params import resolve
 from service.pipeline.runner import EngineRunner
+from service.protocol import peak_bytes
 from tests.service.api_client import png_bytes
 from tests.service.tiny_model import build_tiny_artifact
 
@@ -118,3 +119,23 @@ def test_the_suffix_is_the_encoders(model: Path) -> None:
     assert [output_suffix(meta, o, OutputOptions()) for o in ("color", "label", "overlay", "json")] == [
         ".png", ".png", ".jpg", ".json"]
     assert output_suffix(meta, "overlay", OutputOptions(overlay_format="png")) == ".png"
+
+
+def test_streamed_images_finish_and_equal_the_chains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one window a submission, an image queues its next window only after its last one ran,
+    after the pool's final flush too: the driver flushes until every image is written."""
+    monkeypatch.setattr(peak_bytes, "STREAM_BYTES", 1)
+    model = build_tiny_artifact(tmp_path / "m.onnx", tile=(32, 48), num_classes=5)
+    engine = Engine(model, provider="cpu", max_batch=4)
+    params = resolve(engine.meta.protocol, mode="multiscale", flip=True, scales="0.75,1.5", max_scales=8)
+    config = BulkConfig(model=model, params=params, output="label", options=OutputOptions(),
+                        out=tmp_path / "out", max_pixels=10**6, max_batch=4)
+    sizes = [(50, 70), (30, 40), (90, 60)]
+    records = list(Segmenter(config, engine).records(decoded(sizes, config)))
+    assert sorted(r.status for r in records) == ["ok"] * len(sizes)
+    chain = Chain(engine.meta, NO_LIMITS)
+    for i, (h, w) in enumerate(sizes):
+        rgb = decode(png_bytes(h, w, seed=i), None, NO_LIMITS).rgb
+        alone, _ = chain.labels_now(rgb, params, runner=EngineRunner(engine, 4))
+        assert (config.out / f"{i}.png").read_bytes() == encode_output("label", engine.meta, rgb, alone,
+                                                                       OutputOptions()).body

@@ -17,6 +17,8 @@ from service.pipeline.chain import Chain, Segmented, Upload, prepare, run_now
 from service.pipeline.params import InferenceParams
 from service.pipeline.runner import EngineRunner
 from service.pipeline.timings import Timings
+from service.protocol import peak_bytes
+from service.protocol.plan import TilePlan, plan_tiles
 from service.protocol.stitch import stitch_labels
 from tests.service.api_client import png_bytes
 from tests.service.tiny_model import build_tiny_artifact
@@ -43,7 +45,7 @@ def test_decode_applies_the_limits_it_is_given() -> None:
 
 def test_prepare_refuses_geometry_it_cannot_plan_as_a_400(engine: Engine) -> None:
     work = prepare(engine.meta, np.zeros((40, 60, 3), np.uint8), MULTI_FLIP, LOGITS)
-    assert work.plan.num_tiles > 2 and work.plan.flip and work.output == "logits" and work.window is None
+    assert work.num_tiles > 2 and work.geometry[0].flip and work.output == "logits" and work.window is None
     thin = np.zeros((1, 4000, 3), np.uint8)  # scale 0.75 of base 48 shrinks its height to nothing
     with pytest.raises(BadRequest, match=r"cannot segment a 4000x1.*mode=whole serves"):
         prepare(engine.meta, thin, MULTI_FLIP, LOGITS)
@@ -72,10 +74,40 @@ def test_the_engine_runner_runs_at_most_max_batch_tiles_at_a_time_in_order() -> 
         EngineRunner(spy, 0)
 
 
-def test_finishing_logits_is_the_protocols_label_stitcher(engine: Engine) -> None:
-    work = prepare(engine.meta, np.asarray(decode(png_bytes(50, 70), None, NO_LIMITS).rgb), SLIDE, LOGITS)
-    logits = EngineRunner(engine, 3).run(work.plan.tiles)
-    np.testing.assert_array_equal(work.finish(logits), stitch_labels(work.plan, logits))
+def _whole_plan(engine: Engine, rgb: np.ndarray, params: InferenceParams) -> TilePlan:
+    p = engine.meta.protocol
+    return plan_tiles(rgb, tile=engine.meta.tile, mode=params.mode, scales=params.scales, flip=params.flip,
+                      base_size=p.base_size, stride_rate=p.stride_rate, mean=engine.meta.mean)
+
+
+class RecordingRunner(EngineRunner):
+    """Runs each submission at once and records its size and what admission was asked to weigh."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine, 3)
+        self.submitted: list[tuple[int, int | None]] = []
+
+    async def submit(self, tiles: np.ndarray, *, deadline: float = float("inf"), output: str = "logits",
+                     admit_tiles: int | None = None) -> np.ndarray:
+        self.submitted.append((len(tiles), admit_tiles))
+        return self.run(tiles, output)
+
+
+def test_a_stitched_request_streams_whole_windows_and_equals_the_whole_plans_stitch(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one window's logits a chunk, every window (and its mirror) is one submission; the
+    first asks admission for the whole request, the others for nothing; the labels are those of
+    the stitcher given every tile at once."""
+    rgb = decode(png_bytes(50, 70, seed=4), None, NO_LIMITS).rgb
+    work = prepare(engine.meta, rgb, MULTI_FLIP, LOGITS)
+    assert work.chunk > 2  # a tiny model's windows: many to a chunk
+    monkeypatch.setattr(peak_bytes, "STREAM_BYTES", 1)
+    runner = RecordingRunner(engine)
+    labels, tiles = Chain(engine.meta, NO_LIMITS).labels_now(rgb, MULTI_FLIP, runner=runner)
+    plan = _whole_plan(engine, rgb, MULTI_FLIP)
+    assert tiles == plan.num_tiles == 2 * len(runner.submitted)
+    assert runner.submitted == [(2, plan.num_tiles)] + [(2, 0)] * (len(runner.submitted) - 1)
+    np.testing.assert_array_equal(labels, stitch_labels(plan, EngineRunner(engine, 3).run(plan.tiles)))
 
 
 def test_timings_add_up_per_stage_and_format_as_server_timing() -> None:
@@ -86,6 +118,12 @@ def test_timings_add_up_per_stage_and_format_as_server_timing() -> None:
         pass
     assert t.stages["decode"] == pytest.approx(0.003)
     assert t.header().startswith("decode;dur=3.0, encode;dur=")
+    # a stage timed again right after itself extends its interval; after another stage it adds one
+    for name in ("plan", "plan", "batch", "plan"):
+        with t.stage(name):
+            pass
+    assert [i[0] for i in t.intervals] == ["encode", "plan", "batch", "plan"]
+    assert t.intervals[1][1] <= t.intervals[1][2] <= t.intervals[2][1]
 
 
 def test_run_now_refuses_a_coroutine_that_waits() -> None:
@@ -114,7 +152,8 @@ class ChunkingBatcher:
     def outputs(self) -> tuple[str, ...]:
         return self.engine.outputs
 
-    async def submit(self, tiles: np.ndarray, *, deadline: float, output: str = "logits") -> np.ndarray:
+    async def submit(self, tiles: np.ndarray, *, deadline: float, output: str = "logits",
+                     admit_tiles: int | None = None) -> np.ndarray:
         self.calls += 1
         await asyncio.sleep(0)
         return EngineRunner(self.engine, self.size).run(tiles, output)
@@ -147,7 +186,8 @@ def test_the_batched_chain_answers_what_the_synchronous_one_does(engine: Engine,
     result = _batched(chain, [Upload(data)], params, encode, batcher)
     assert result.encoded == want
     np.testing.assert_array_equal(result.labels[0], labels)
-    assert batcher.calls == 1 and result.tiles == tiles
+    # one submission per scale: a tiny model's windows all fit one chunk
+    assert batcher.calls == len(prepare(engine.meta, rgb, params, LOGITS).geometry) and result.tiles == tiles
     assert set(result.timings.stages) == {"decode", "plan", "batch", "stitch", "encode"}
     assert [d.rgb.shape for d in result.images] == [rgb.shape]
 
@@ -170,7 +210,7 @@ def test_several_images_share_one_pass_and_one_size(engine: Engine) -> None:
 def test_labels_now_is_the_chain_without_decode_and_encode(engine: Engine) -> None:
     rgb = decode(png_bytes(45, 66, seed=5), None, NO_LIMITS).rgb
     labels, tiles = Chain(engine.meta, NO_LIMITS).labels_now(rgb, MULTI_FLIP, runner=EngineRunner(engine, 3))
-    plan = prepare(engine.meta, rgb, MULTI_FLIP, LOGITS).plan
+    plan = _whole_plan(engine, rgb, MULTI_FLIP)
     assert tiles == plan.num_tiles
     np.testing.assert_array_equal(labels, stitch_labels(plan, EngineRunner(engine, 2).run(plan.tiles)))
 

@@ -53,8 +53,8 @@ def test_one_window_labels_equal_the_float64_argmax(monkeypatch: pytest.MonkeyPa
     assert len(plan.scales) == 1 and plan.scales[0].num_windows == 1
     logits = _logits(plan.num_tiles, classes, (32, 48), seed=classes)
     expected = stitch_float64(plan, logits).argmax(axis=2)
-    # the fast path must be the one taken: the general stitcher is not called
-    monkeypatch.setattr(tiling, "_general_labels", lambda *a: pytest.fail("general path taken"))
+    # the fast path must be the one taken
+    assert tiling.Stitcher(plan.scales, plan.image_size, classes, plan.tile).route == "lone"
     got = stitch_labels(plan, logits)
     assert got.dtype == (np.uint8 if classes <= 256 else np.uint16)
     np.testing.assert_array_equal(got, expected)
@@ -64,4 +64,4 @@ def test_several_windows_or_a_resize_take_the_general_path() -> None:
     img = np.random.default_rng(2).integers(0, 256, (40, 90, 3), dtype=np.uint8)
     for plan in (plan_tiles(img, tile=(32, 48), mode="slide", base_size=90, mean=MEAN),  # 2x3 windows
                  plan_tiles(img, tile=(32, 48), mode="whole", mean=MEAN)):  # resized back to 40x90
-        assert tiling._lone_window_labels(plan, _logits(plan.num_tiles, 5, (32, 48), 3)) is None
+        assert tiling.Stitcher(plan.scales, plan.image_size, 5, plan.tile).route != "lone"
