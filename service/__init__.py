@@ -11,10 +11,12 @@
     offline/     segment (local, Ray) and evaluate
     errors.py    domain errors and their RFC 9457 problem bodies
     settings.py  the PSPNET_* settings
-    cli.py       ``pspnet-serve``: serve, segment, evaluate, bench, --version
+    describe.py  ``pspnet-serve describe``: draft the description file of any segmentation ONNX
+    cli.py       ``pspnet-serve``: serve, segment, evaluate, describe, bench, --version
 
 May import: in errors.py and settings.py, nothing of the repo (every package may import them);
-in cli.py, the entry point, the packages it runs (contract, settings, telemetry at the top;
-repository, api, offline and benchmarks.load inside their commands). Each package's __init__
-says what it may import; tests/test_structure.py holds every import to it.
+in describe.py, contract (and onnxruntime); in cli.py, the entry point, the packages it runs
+(contract, settings, telemetry at the top; repository, api, offline, describe and benchmarks.load
+inside their commands). Each package's __init__ says what it may import; tests/test_structure.py
+holds every import to it.
 """

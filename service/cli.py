@@ -3,6 +3,7 @@
     pspnet-serve [--model PATH] [--host H] [--port P] [--max-batch N ...]   serve over HTTP
     pspnet-serve segment INPUTS... --out DIR [--output ...] [--ray ...]   offline: files, folders, globs
     pspnet-serve evaluate --model X.onnx --images DIR --labels DIR        mIoU of an artifact
+    pspnet-serve describe MODEL.onnx [--tile H W] [--force]   draft MODEL.json for any segmentation ONNX
     pspnet-serve bench --url URL --image IMG [--concurrency N | --rate R]  load generator
     pspnet-serve --version        the versions of this package, ONNX Runtime and Python
 """
@@ -17,7 +18,7 @@ from service.contract.version import VersionAction
 from service.settings import add_settings_flags, settings_from
 from service.telemetry import logs
 
-COMMANDS = ("serve", "segment", "evaluate", "bench")
+COMMANDS = ("serve", "segment", "evaluate", "describe", "bench")
 
 
 def _configure_logging(level: str, fmt: logs.LogFormat = "text") -> None:
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         from service.offline.evaluate import evaluate_main
 
         return evaluate_main(rest)
+    if command == "describe":
+        from service.describe import describe_main
+
+        return describe_main(rest)
     return _bench(rest)
 
 

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     max_memory_mb: int = Field(
         4096, ge=1, description="memory the requests in flight may hold together, estimated from each "
         "image's header before decoding: beyond it 503, a request that alone exceeds it 413")
+    max_output_mb: int = Field(
+        256, ge=1, description="largest soft output one request may ask for (output=confidence or "
+        "probability: 4 bytes a pixel; /v2 probabilities: 2 bytes a pixel and class), known from the "
+        "image's header before decoding: beyond it 413")
     max_scales: int = Field(8, ge=1, le=32, description="most scales one request may ask for")
     warmup: bool = Field(True, description="run every batch size once before reporting ready")
     auth_token: SecretStr | None = Field(

@@ -22,9 +22,10 @@ from starlette.requests import Request
 
 from service.api.uploads import until_disconnect
 from service.codec.decode import DecodeLimits
-from service.errors import ClientGone, DeadlineExceeded
+from service.contract.soft import Soft
+from service.errors import ClientGone, DeadlineExceeded, PayloadTooLarge
 from service.pipeline.chain import Chain, Encode, Segmented, T, Upload
-from service.pipeline.cost import pixels_cost, upload_cost
+from service.pipeline.cost import declared_hw, pixels_cost, upload_cost
 from service.pipeline.params import InferenceParams
 from service.pipeline.timings import Timings
 from service.repository.runtime import ModelRuntime
@@ -57,27 +58,53 @@ def model_call(request: Request, name: str | None = None, *,
 
 
 def memory_need(call: Call, images: Sequence[Upload] | np.ndarray, params: InferenceParams,
-                output: str) -> int:
+                output: str, soft: Soft | None = None) -> int:
     """Bytes the request will hold at its peak, from the image headers (or the pixels' shape),
     before anything is decoded: an unreadable header costs nothing here, decoding refuses it."""
     meta = call.rt.meta
     if isinstance(images, np.ndarray):
         n, h, w = (int(d) for d in images.shape[:3])
-        return n * (pixels_cost(meta, h, w, params, output) or 0)
-    return sum(upload_cost(meta, u.data, params, output) or 0 for u in images)
+        return n * (pixels_cost(meta, h, w, params, output, soft=soft) or 0)
+    return sum(upload_cost(meta, u.data, params, output, soft=soft) or 0 for u in images)
+
+
+def check_output_size(call: Call, images: Sequence[Upload] | np.ndarray, soft: Soft | None,
+                      name: str) -> None:
+    """413 before decoding when the soft output ``name`` of these images would exceed
+    ``PSPNET_MAX_OUTPUT_MB``, saying what would fit."""
+    if soft is None:
+        return
+    if isinstance(images, np.ndarray):
+        sizes: list[tuple[int, int] | None] = [(int(images.shape[1]), int(images.shape[2]))] * len(images)
+    else:
+        sizes = [declared_hw(u.data) for u in images]
+    classes = call.rt.meta.num_classes
+    total = sum(soft.output_bytes(*size, classes) for size in sizes if size is not None)
+    limit = call.service.settings.max_output_mb * 2**20
+    if total <= limit:
+        return
+    per_pixel = soft.output_bytes(1, 1, classes)
+    fits = limit // (per_pixel * max(1, len(sizes)))
+    cheaper = ("output=confidence or output=probability&class=NAME (4 bytes a pixel)"
+               if soft.kind == "probabilities" else "output=color or output=label")
+    raise PayloadTooLarge(
+        f"{name} of {classes} classes here is {-(-total // 2**20)} MB; the server sends at most "
+        f"{call.service.settings.max_output_mb} MB (PSPNET_MAX_OUTPUT_MB): images of at most {fits:,} "
+        f"pixels fit, or ask for {cheaper}")
 
 
 async def infer(call: Call, images: Sequence[Upload] | np.ndarray, params: InferenceParams, encode: Encode[T],
-                *, output: str) -> Segmented[T]:
+                *, output: str, soft: Soft | None = None) -> Segmented[T]:
     """Admit the request and run the chain on ``images``: a 503 now if the model's queue has no
     room, a 413/503 if its memory does not fit (the 503 with the queue's Retry-After), a 504 at the
     deadline, :class:`ClientGone` when the client hangs up (its queued tiles are dropped before
     they run; a stage already in a thread finishes)."""
     service, rt = call.service, call.rt
     rt.batcher.check_room()  # refuse before decoding what could not be queued anyway
-    need = memory_need(call, images, params, output)
+    check_output_size(call, images, soft, output)
+    need = memory_need(call, images, params, output, soft)
     with service.memory.reserve(need, retry_after=rt.batcher.retry_after()):
-        job = asyncio.ensure_future(_accounted_run(call, images, params, encode))
+        job = asyncio.ensure_future(_accounted_run(call, images, params, encode, soft))
         gone = asyncio.ensure_future(until_disconnect(call.request.receive))
         try:
             await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -91,14 +118,14 @@ async def infer(call: Call, images: Sequence[Upload] | np.ndarray, params: Infer
 
 
 async def _accounted_run(call: Call, images: Sequence[Upload] | np.ndarray, params: InferenceParams,
-                         encode: Encode[T]) -> Segmented[T]:
+                         encode: Encode[T], soft: Soft | None) -> Segmented[T]:
     service, rt = call.service, call.rt
     settings = service.settings
     chain = Chain(rt.meta, DecodeLimits(settings.max_body_bytes, settings.max_pixels))
     assert service.executor is not None
     async with _accounted(call, images=len(images)) as timings, asyncio.timeout_at(call.deadline):
         return await chain.segment(images, params, encode, runner=rt.batcher, cpu=service.executor,
-                                   deadline=call.deadline, timings=timings)
+                                   deadline=call.deadline, timings=timings, soft=soft)
 
 
 @contextlib.asynccontextmanager

@@ -91,6 +91,14 @@ def encode_label_png(labels: np.ndarray, num_classes: int) -> bytes:
     return _png(Image.fromarray(np.ascontiguousarray(labels, dtype=label_dtype(num_classes))))  # L or I;16
 
 
+def encode_probability_png(values: np.ndarray) -> bytes:
+    """Probabilities in [0, 1] as an 8-bit greyscale PNG: ``round(255 * p)`` (1/510 at most off)."""
+    if values.ndim != 2:
+        raise ValueError(f"expected an (H, W) map of probabilities, got shape {values.shape}")
+    levels = np.rint(np.clip(values, 0.0, 1.0) * np.float32(255)).astype(np.uint8)
+    return _png(Image.fromarray(levels))  # L
+
+
 def encode_overlay(
     rgb: np.ndarray,
     labels: np.ndarray,

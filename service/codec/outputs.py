@@ -26,8 +26,10 @@ from service.codec.encode import (
     encode_color_png,
     encode_label_png,
     encode_overlay,
+    encode_probability_png,
 )
 from service.contract.artifact import ArtifactMeta
+from service.contract.soft import Soft, SoftKind
 from service.errors import BadRequest
 
 
@@ -46,12 +48,13 @@ class OutputOptions:
     jpeg_quality: int = 90  # of JPEG overlays (setting)
     overlay_format: OverlayFormat = "jpeg"  # overlay file format (request: ``format``)
     include_mask: bool = False  # JSON carries the label PNG in base64 (request: ``include_mask``)
+    class_name: str | None = None  # the class whose probability ``probability`` gives (request: ``class``)
 
     @classmethod
     def from_settings(cls, settings: OutputSettings, *, overlay_format: OverlayFormat = "jpeg",
-                      include_mask: bool = False) -> OutputOptions:
+                      include_mask: bool = False, class_name: str | None = None) -> OutputOptions:
         return cls(overlay_alpha=settings.overlay_alpha, jpeg_quality=settings.jpeg_quality,
-                   overlay_format=overlay_format, include_mask=include_mask)
+                   overlay_format=overlay_format, include_mask=include_mask, class_name=class_name)
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,8 @@ class Encoded:
     suffix: str
 
 
-#: (model metadata, RGB input H x W x 3 uint8, labels H x W, options) -> encoded result
+#: (model metadata, RGB input H x W x 3 uint8, labels H x W, options) -> encoded result; a soft
+#: format's encoder gets its (H, W) probabilities in place of the labels
 Encoder = Callable[[ArtifactMeta, np.ndarray, np.ndarray, OutputOptions], Encoded]
 
 
@@ -74,6 +78,7 @@ class OutputFormat:
     media_types: tuple[str, ...]  # every type it can answer with (for the API schema)
     options: tuple[str, ...]  # the OutputOptions fields it reads
     encode: Encoder
+    soft: SoftKind | None = None  # a soft format: what it encodes instead of the labels
 
 
 def _color(meta: ArtifactMeta, rgb: np.ndarray, labels: np.ndarray, opts: OutputOptions) -> Encoded:
@@ -102,6 +107,10 @@ def _json(meta: ArtifactMeta, rgb: np.ndarray, labels: np.ndarray, opts: OutputO
     return Encoded(json.dumps(doc, separators=(",", ":")).encode(), "application/json", ".json")
 
 
+def _probability_png(meta: ArtifactMeta, rgb: np.ndarray, values: np.ndarray, opts: OutputOptions) -> Encoded:
+    return Encoded(encode_probability_png(values), "image/png", ".png")
+
+
 FORMATS: dict[str, OutputFormat] = {f.name: f for f in (
     OutputFormat("color", "colour mask, paletted PNG", ("image/png",), (), _color),
     OutputFormat("label", "class ids, 8-bit PNG (16-bit beyond 256 classes)", ("image/png",), (), _label),
@@ -109,6 +118,10 @@ FORMATS: dict[str, OutputFormat] = {f.name: f for f in (
                  ("image/jpeg", "image/png"), ("overlay_alpha", "jpeg_quality", "overlay_format"), _overlay),
     OutputFormat("json", "classes present with pixel fractions, optionally the label PNG in base64",
                  ("application/json",), ("include_mask",), _json),
+    OutputFormat("confidence", "the top class's probability x 255 per pixel, 8-bit PNG", ("image/png",), (),
+                 _probability_png, soft="confidence"),
+    OutputFormat("probability", "one class's probability x 255 per pixel (class=NAME), 8-bit PNG",
+                 ("image/png",), ("class_name",), _probability_png, soft="probability"),
 )}
 OUTPUTS: tuple[str, ...] = tuple(FORMATS)
 
@@ -126,7 +139,27 @@ def output_format(name: str) -> OutputFormat:
         raise BadRequest(f"output must be one of {', '.join(FORMATS)}, got {name!r}") from None
 
 
+def soft_request(name: str, meta: ArtifactMeta, options: OutputOptions) -> Soft | None:
+    """What format ``name`` needs of the stitch besides the labels: None, or its soft output (the
+    class named by ``options.class_name`` for ``probability``: a 400 naming the classes if unknown)."""
+    kind = FORMATS[name].soft
+    if kind is None:
+        return None
+    if kind != "probability":
+        return Soft(kind)
+    if options.class_name is None:
+        raise BadRequest("output=probability needs class=NAME, one of the model's classes "
+                         f"({', '.join(meta.classes[:8])}{', ...' if len(meta.classes) > 8 else ''})")
+    try:
+        return Soft(kind, meta.classes.index(options.class_name))
+    except ValueError:
+        raise BadRequest(f"class {options.class_name!r} is not one of the model's {meta.num_classes}: "
+                         f"{', '.join(meta.classes)}") from None
+
+
 def encode_output(name: str, meta: ArtifactMeta, rgb: np.ndarray, labels: np.ndarray,
                   options: OutputOptions) -> Encoded:
-    """Encode ``labels`` (and, for overlays, ``rgb``) as the format ``name``; a KeyError if unknown."""
+    """Encode ``labels`` (and, for overlays, ``rgb``) as the format ``name``; a KeyError if unknown.
+
+    A soft format (``confidence``, ``probability``) takes its (H, W) probabilities as ``labels``."""
     return FORMATS[name].encode(meta, rgb, labels, options)

@@ -108,13 +108,19 @@ def parse_meta(raw: str) -> ArtifactMeta:
         raise ArtifactError(f"metadata {METADATA_KEY!r} is not JSON: {e}") from None
     if not isinstance(d, dict):
         raise ArtifactError("metadata must be a JSON object")
+    return meta_from_dict(d)
+
+
+def meta_from_dict(d: dict[str, Any], where: str = "metadata") -> ArtifactMeta:
+    """:func:`parse_meta` of a parsed object; ``where`` names it in the errors (a description file's
+    name, service/contract/description.py)."""
     try:
-        classes = tuple(str(c) for c in _require(d, "classes"))
-        palette = tuple((int(c[0]), int(c[1]), int(c[2])) for c in _require(d, "palette"))
-        tile_h, tile_w = (int(v) for v in _require(d, "tile"))
-        mean = tuple(float(v) for v in _require(d, "mean"))
-        std = tuple(float(v) for v in _require(d, "std"))
-        p = _require(d, "protocol")
+        classes = tuple(str(c) for c in _require(d, "classes", where))
+        palette = tuple((int(c[0]), int(c[1]), int(c[2])) for c in _require(d, "palette", where))
+        tile_h, tile_w = (int(v) for v in _require(d, "tile", where))
+        mean = tuple(float(v) for v in _require(d, "mean", where))
+        std = tuple(float(v) for v in _require(d, "std", where))
+        p = _require(d, "protocol", where)
         protocol = InferenceProtocol(
             mode=str(_require(p, "mode", "protocol")),  # type: ignore[arg-type]
             base_size=int(_require(p, "base_size", "protocol")),
@@ -125,9 +131,9 @@ def parse_meta(raw: str) -> ArtifactMeta:
     except (TypeError, ValueError, IndexError) as e:
         if isinstance(e, ArtifactError):
             raise
-        raise ArtifactError(f"malformed metadata: {e}") from None
+        raise ArtifactError(f"malformed {where}: {e}") from None
     if not classes:
-        raise ArtifactError("metadata has no classes")
+        raise ArtifactError(f"{where} has no classes")
     if len(palette) != len(classes):
         raise ArtifactError(f"{len(classes)} classes but {len(palette)} palette colours")
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
@@ -217,7 +223,9 @@ def _read(path: Path) -> tuple[ArtifactMeta, ArtifactOutputs]:
     except (WireError, OSError) as e:
         raise ArtifactError(f"{path} is not a readable ONNX model: {e}") from None
     if METADATA_KEY not in m.metadata:
-        raise ArtifactError(f"{path} has no {METADATA_KEY!r} metadata: export it with pspnet-model")
+        raise ArtifactError(f"{path} has no {METADATA_KEY!r} metadata: export it with pspnet-model, or "
+                            f"describe it in {path.with_suffix('.json').name} beside it (pspnet-serve "
+                            "describe drafts one)")
     meta = parse_meta(m.metadata[METADATA_KEY])
     inputs = [i for i in m.inputs if i.name not in m.initializers]
     if [i.name for i in inputs] != [INPUT_NAME]:
@@ -231,6 +239,11 @@ def _read(path: Path) -> tuple[ArtifactMeta, ArtifactOutputs]:
     labels = next((o for o in m.outputs if o.name == LABELS_NAME), None)
     dtype = None if labels is None else _check_labels(m, labels, meta)
     return meta, ArtifactOutputs(labels_dtype=dtype)
+
+
+def read_artifact(path: Path) -> tuple[ArtifactMeta, ArtifactOutputs]:
+    """:func:`read_meta` and :func:`read_outputs` in one read of the file."""
+    return _read(path)
 
 
 def read_meta(path: Path) -> ArtifactMeta:

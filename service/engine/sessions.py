@@ -6,6 +6,9 @@ outputs asked for: :meth:`Engine.run` the ``(N, C, H, W)`` float32 logits,
 :meth:`Engine.run_outputs` any of :attr:`Engine.outputs` (``labels``
 ``(N, H, W)`` uint8/uint16 when the artifact has it: on a GPU a labels-only
 batch copies one byte a pixel back to the host instead of 4 x classes).
+A model described by a file beside it (service/contract/description.py) runs
+through a :class:`service.engine.adapt.GraphAdapter`: same tiles in, same
+logits (or, for a labels-only graph, ``outputs == ("labels",)``) out.
 
 Execution layout: ``sessions`` ONNX Runtime sessions of the same artifact, each
 with its own lock (and IO binding), so that as many batches can run at once;
@@ -44,16 +47,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from service.contract.artifact import (
-    INPUT_NAME,
-    LABELS_NAME,
-    OUTPUT_NAME,
-    ArtifactError,
-    ArtifactMeta,
-    Tiles,
-    label_dtype,
-    read_meta,
-)
+from service.contract.artifact import INPUT_NAME, LABELS_NAME, OUTPUT_NAME, ArtifactError, Tiles, label_dtype
+from service.contract.description import ARTIFACT_CALL, read_description
+from service.engine.adapt import GraphAdapter
 from service.engine.isa import cpu_flags, int8_warning
 
 log = logging.getLogger("service.engine")  # the name log lines had
@@ -172,7 +168,11 @@ class Engine:
         if sessions < 1:
             raise ValueError(f"sessions must be at least 1, not {sessions}")
         self.path = path
-        self.meta: ArtifactMeta = read_meta(path)
+        self.description = read_description(path)
+        self.meta = self.description.meta
+        call = self.description.call
+        self._adapter = None if call == ARTIFACT_CALL else GraphAdapter(
+            self.meta, call, self.description.labels_dtype)
         self.max_batch = max_batch
         self.fallback_reason: str | None = None
         self.warmup_seconds: float | None = None  # set by warmup()
@@ -192,7 +192,7 @@ class Engine:
         int8 = int8_warning(self.meta, cpu_flags()) if self.provider == CPU else None
         if int8:
             log.warning("INT8 ON A CPU WITHOUT VNNI: %s", int8)
-        self._dtypes = self._check_outputs(first)
+        self._dtypes = self._check_outputs(first) if self._adapter is None else self._adapter.check(first)
         #: the contract's outputs this artifact has, e.g. ("logits",) or ("logits", "labels")
         self.outputs: tuple[str, ...] = tuple(self._dtypes)
         # Every further session on what the first one runs on: the fallback is decided once.
@@ -210,6 +210,8 @@ class Engine:
                  "%d session(s) x %s intra-op threads", path.name, self.provider, provider, self.meta.tile,
                  self.meta.num_classes, ", ".join(self.outputs), max_batch, sessions,
                  self.intra_op_threads or "default")
+        if call.batch == 1:
+            log.info("engine: %s takes a fixed batch of 1: its tiles run one at a time", path.name)
 
     @property
     def tile(self) -> tuple[int, int]:
@@ -311,6 +313,8 @@ class Engine:
         slot = self._slot(session)
         tiles = np.ascontiguousarray(tiles)
         with slot.lock:
+            if self._adapter is not None:  # a described graph: converted both ways, one output
+                return {self._adapter.output: self._adapter.run(slot.session, tiles)}
             if self.provider != CUDA and self._output_bytes(tiles, wanted) <= OWN_OUTPUT_BYTES:
                 outs = slot.session.run(list(wanted), {INPUT_NAME: tiles})
                 return {n: np.asarray(o, dtype=self._dtypes[n]) for n, o in zip(wanted, outs, strict=True)}
@@ -348,7 +352,8 @@ class Engine:
 
         The first run of a shape pays for memory planning and, on CUDA, kernel and
         algorithm selection; doing it here keeps that out of every request's latency.
-        Sessions warm up at the same time, each in its own thread, fetching every output.
+        Sessions warm up at the same time, each in its own thread, fetching every set of outputs
+        a batch may ask for (all of them, and each alone).
         Returns (and records) the seconds it took.
         """
         sizes = sorted(set(batch_sizes)) if batch_sizes is not None else list(range(1, self.max_batch + 1))
@@ -357,9 +362,14 @@ class Engine:
         h, w = self.meta.tile
         grey = np.full((max(sizes, default=1), 3, h, w), 128.0, dtype=np.float32)
 
+        # every set of outputs a batch may fetch: ONNX Runtime plans memory per set, and its arena
+        # grew by 114 MB (CamVid, batch 4) on the first logits-only run after an all-outputs one
+        fetches = [self.outputs] + ([(name,) for name in self.outputs] if len(self.outputs) > 1 else [])
+
         def warm(session: int) -> None:
             for n in sizes:
-                self.run_outputs(grey[:n], self.outputs, session=session)
+                for names in fetches:
+                    self.run_outputs(grey[:n], names, session=session)
 
         t0 = time.perf_counter()
         if self.sessions == 1:

@@ -32,7 +32,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from service.codec.outputs import FORMATS, OutputOptions
-from service.contract.artifact import ArtifactError, read_meta
+from service.contract.artifact import ArtifactError
+from service.contract.description import read_description
 from service.engine.sessions import Engine
 from service.errors import ServiceError
 from service.offline.flags import add_inference_flags, load_engine
@@ -58,7 +59,7 @@ def segment_settings(args: argparse.Namespace) -> Settings:
 
 def output_options(args: argparse.Namespace, settings: Settings) -> OutputOptions:
     return OutputOptions.from_settings(settings, overlay_format=args.overlay_format,
-                                       include_mask=args.include_mask)
+                                       include_mask=args.include_mask, class_name=args.class_name)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -72,6 +73,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay-format", choices=("jpeg", "png"), default="jpeg",
                    help="file format of --output overlay")
     p.add_argument("--include-mask", action="store_true", help="--output json: add the label PNG, base64")
+    p.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="--output probability: the class whose probability to write")
     p.add_argument("--overwrite", action="store_true", help="redo inputs whose output is already there")
     add_settings_flags(p, only=OUTPUT_SETTINGS)
     add_inference_flags(p)
@@ -125,7 +128,7 @@ def _segment(argv: list[str]) -> int:
     options = output_options(args, settings)
     ray_opts = _ray_options(p, args)
     try:
-        meta = read_meta(args.model)
+        meta = read_description(args.model).meta
     except ArtifactError as e:
         print(f"pspnet-serve: {e}", file=sys.stderr)
         return 2

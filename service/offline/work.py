@@ -27,7 +27,7 @@ import numpy as np
 
 from service.codec.decode import DecodeLimits, decode
 from service.codec.encode import class_summary
-from service.codec.outputs import OutputOptions, encode_output
+from service.codec.outputs import OutputOptions, encode_output, soft_request
 from service.codec.sniff import declared_size, sniff_format
 from service.contract.artifact import ArtifactMeta
 from service.engine.sessions import Engine, ProviderChoice
@@ -117,7 +117,7 @@ class Segmenter:
     """One engine and its tile pool; decoded images in, written results and their manifest lines out.
 
     :meth:`segment` is the driver: each decoded image becomes an asyncio task running
-    ``chain.labels`` over the pool, which plans it and queues its tiles (running the batches they
+    ``chain.stitched`` over the pool, which plans it and queues its tiles (running the batches they
     fill, inline); the images those batches finished are encoded, written and recorded, and their
     lines handed on as they finish; at the end the pool is flushed. :meth:`records` is the same
     for callers without an event loop, streamed.
@@ -129,6 +129,8 @@ class Segmenter:
             config.model, provider=config.provider, intra_op_threads=config.threads, inter_op_threads=1,
             max_batch=config.max_batch)
         self.chain = Chain(self.engine.meta, config.limits)
+        #: what a soft format (confidence, probability) writes in place of the labels
+        self.soft = soft_request(config.output, self.engine.meta, config.options)
         self.pool = TilePool(self.engine, config.max_batch)
         self._tasks: set[asyncio.Task[None]] = set()
         self._live = 0  # images started and not yet recorded
@@ -177,12 +179,12 @@ class Segmenter:
         timings = Timings()
         try:
             try:
-                labels, _ = await self.chain.labels(rgb, self.config.params, runner=self.pool,
-                                                    timings=timings)
+                labels, values, _ = await self.chain.stitched(rgb, self.config.params, runner=self.pool,
+                                                              timings=timings, soft=self.soft)
             finally:  # the time of its own steps (not the wait for the batch) and its share of the batches
                 spent = sum(s for stage, s in timings.stages.items() if stage != "batch")
                 spent += self.pool.seconds(asyncio.current_task())
-            self._done.append(self._write(d, rgb, labels, spent))
+            self._done.append(self._write(d, rgb, labels, values, spent))
         except BatchFailed as e:
             self._done.append(_failed_later(d, str(e), spent))
         except Exception as e:
@@ -190,10 +192,12 @@ class Segmenter:
         finally:
             self._live -= 1
 
-    def _write(self, d: Decoded, rgb: np.ndarray, labels: np.ndarray, spent: float) -> Record:
+    def _write(self, d: Decoded, rgb: np.ndarray, labels: np.ndarray, values: np.ndarray | None,
+               spent: float) -> Record:
         t0 = time.perf_counter()
         try:
-            encoded = encode_output(self.config.output, self.chain.meta, rgb, labels, self.config.options)
+            written = labels if values is None else values  # a soft format writes its probabilities
+            encoded = encode_output(self.config.output, self.chain.meta, rgb, written, self.config.options)
             atomic_write(self.config.out / d.job.output, encoded.body)
             classes = {str(c["id"]): c["fraction"]
                        for c in class_summary(labels, self.chain.meta.classes, self.chain.meta.palette)}

@@ -28,6 +28,7 @@ import numpy as np
 
 from service.codec.decode import DecodedImage, DecodeLimits, decode
 from service.contract.artifact import LABELS_NAME, OUTPUT_NAME, ArtifactMeta
+from service.contract.soft import Soft
 from service.errors import BadRequest
 from service.pipeline.params import InferenceParams
 from service.pipeline.runner import EngineRunner, TileRunner
@@ -90,10 +91,11 @@ class Segmented(Generic[T]):
     tiles: int
     encoded: T
     timings: Timings
+    soft: tuple[np.ndarray | None, ...] = ()  # per image, the soft output asked for (None: none)
 
 
-#: the front end's encoder: (RGB images, their label maps) -> its response body
-Encode = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], T]
+#: the front end's encoder: (RGB images, their label maps, their soft outputs or None) -> its response body
+Encode = Callable[[Sequence[np.ndarray], Sequence[np.ndarray], Sequence[np.ndarray | None]], T]
 
 
 def one_window(geometry: Sequence[ScaleGeometry], image_size: tuple[int, int]) -> Window | None:
@@ -130,6 +132,10 @@ def prepare(meta: ArtifactMeta, rgb: np.ndarray, params: InferenceParams, output
                 else "; mode=whole serves images of any shape (resized into one tile)")
         raise BadRequest(f"cannot segment a {width}x{height} image this way: {e}{hint}") from None
     window = one_window(geometry, (height, width)) if LABELS_NAME in outputs else None
+    if window is None and OUTPUT_NAME not in outputs:
+        raise BadRequest(f"{meta.name} gives labels only, so one window must be the image: mode=whole, or "
+                         f"an image that mode=slide leaves inside one {meta.tile[1]}x{meta.tile[0]} tile; "
+                         "no flip, no soft output")
     return TileWork(rgb, geometry, meta.tile, meta.mean, LABELS_NAME if window is not None else OUTPUT_NAME,
                     window, stream_chunk(meta.num_classes, meta.tile, params.flip))
 
@@ -147,20 +153,33 @@ class Chain:
         """Label map (H, W) of a decoded image and the number of tiles it took.
 
         ``cpu`` runs the planning and stitching (None: this thread); ``runner`` the tiles, by
-        ``deadline`` (the event loop's clock). Stitched requests stream: a scale's tiles are cut
-        when its turn comes and go to the runner :attr:`TileWork.chunk` at a time; each chunk's
-        logits are folded into the :class:`~service.protocol.stitch.Stitcher` and dropped, so a
-        request holds one chunk of logits, never all of them (admission weighs all its tiles at
-        the first chunk: the rest follow without being refused).
+        ``deadline`` (the event loop's clock).
+        """
+        labels, _, tiles = await self.stitched(rgb, params, runner=runner, cpu=cpu, deadline=deadline,
+                                               timings=timings)
+        return labels, tiles
+
+    async def stitched(self, rgb: np.ndarray, params: InferenceParams, *, runner: TileRunner,
+                       cpu: Executor | None = None, deadline: float = math.inf,
+                       timings: Timings | None = None,
+                       soft: Soft | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """:meth:`labels`, with the soft output ``soft`` (None: none) of the same stitch.
+
+        Stitched requests stream: a scale's tiles are cut when its turn comes and go to the runner
+        :attr:`TileWork.chunk` at a time; each chunk's logits are folded into the
+        :class:`~service.protocol.stitch.Stitcher` and dropped, so a request holds one chunk of
+        logits, never all of them (admission weighs all its tiles at the first chunk: the rest
+        follow without being refused). A soft output needs the logits: never the in-graph labels.
         """
         timings = Timings() if timings is None else timings
-        work = await _in(cpu, timings, "plan", prepare, self.meta, rgb, params, runner.outputs)
+        outputs = runner.outputs if soft is None else tuple(o for o in runner.outputs if o != LABELS_NAME)
+        work = await _in(cpu, timings, "plan", prepare, self.meta, rgb, params, outputs)
         if work.window is not None:
             tiles = await _in(cpu, timings, "plan", work.tiles, work.geometry[0])
             with timings.stage("batch"):
                 rows = await runner.submit(tiles, deadline=deadline, output=work.output)
             with timings.stage("stitch"):  # a crop of one tile's ids needs no thread
-                return work.crop(rows), work.num_tiles
+                return work.crop(rows), None, work.num_tiles
         stitcher = Stitcher(work.geometry, work.image_size, self.meta.num_classes, work.tile)
         admit: int | None = work.num_tiles
         for geom in work.geometry:
@@ -175,11 +194,13 @@ class Chain:
             del tiles
             await _in(cpu, timings, "stitch", stitcher.fold)  # without a chunk's logits beside it
         labels = await _in(cpu, timings, "stitch", stitcher.labels)
-        return labels, work.num_tiles
+        values = None if soft is None else await _in(cpu, timings, "stitch", stitcher.soft, soft, labels)
+        return labels, values, work.num_tiles
 
     async def segment(self, images: Sequence[Upload] | np.ndarray, params: InferenceParams,
                       encode: Encode[T], *, runner: TileRunner, cpu: Executor | None = None,
-                      deadline: float = math.inf, timings: Timings | None = None) -> Segmented[T]:
+                      deadline: float = math.inf, timings: Timings | None = None,
+                      soft: Soft | None = None) -> Segmented[T]:
         """Every step for the images of one request: uploads are decoded (an array ``(N, H, W, 3)``
         is pixels already), which must share one size when there are several; every image's tiles
         go to the runner at once, so they share batches; ``encode`` makes the response body.
@@ -197,11 +218,12 @@ class Chain:
                     _call(cpu, decode, u.data, u.content_type, self.limits) for u in images)))
             rgbs = [d.rgb for d in decoded]
             _same_size([rgb.shape[:2] for rgb in rgbs])
-        results = await asyncio.gather(*(self.labels(rgb, params, runner=runner, cpu=cpu, deadline=deadline,
-                                                     timings=timings) for rgb in rgbs))
-        labels = tuple(lab for lab, _ in results)
-        encoded = await _in(cpu, timings, "encode", encode, rgbs, labels)
-        return Segmented(decoded, labels, sum(n for _, n in results), encoded, timings)
+        results = await asyncio.gather(*(self.stitched(rgb, params, runner=runner, cpu=cpu, deadline=deadline,
+                                                       timings=timings, soft=soft) for rgb in rgbs))
+        labels = tuple(lab for lab, _, _ in results)
+        softs = tuple(values for _, values, _ in results)
+        encoded = await _in(cpu, timings, "encode", encode, rgbs, labels, softs)
+        return Segmented(decoded, labels, sum(n for _, _, n in results), encoded, timings, softs)
 
     def labels_now(self, rgb: np.ndarray, params: InferenceParams, *,
                    runner: EngineRunner) -> tuple[np.ndarray, int]:

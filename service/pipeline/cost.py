@@ -19,7 +19,10 @@ request only while the requests in flight plus this one fit
   own arrays, which follow the working resolution and the classes, never P x C
   beyond the working size, and the labels);
 * encode: the RGB array, the labels and, for an overlay, the colour image, the
-  blend and Pillow's copy.
+  blend and Pillow's copy;
+* a soft output (service/contract/soft.py): what the stitcher keeps once every
+  scale is in, the output array and its copies (a float64 map and its float32
+  copy; or the float16 probabilities and the response's copy of them).
 
 The figures are upper bounds checked against measured peaks (tests/service/
 pipeline/test_cost.py; RELIABILITY.md "Memory per request").
@@ -32,6 +35,7 @@ from collections.abc import Sequence
 
 from service.codec.sniff import declared_size, sniff_format
 from service.contract.artifact import ArtifactMeta
+from service.contract.soft import Soft
 from service.pipeline.params import InferenceParams
 from service.protocol.peak_bytes import stitch_held_bytes, stitch_peak_bytes, stream_chunk
 from service.protocol.windows import ScaleGeometry, plan_geometry
@@ -50,7 +54,8 @@ RSS_FACTOR = 1.25
 
 
 def request_peak_bytes(height: int, width: int, geometry: Sequence[ScaleGeometry], *, num_classes: int,
-                       tile: tuple[int, int], output: str, body_bytes: int = 0) -> int:
+                       tile: tuple[int, int], output: str, body_bytes: int = 0,
+                       soft: Soft | None = None) -> int:
     """An upper bound of the bytes one request holds at its peak, from sizes alone."""
     pixels = height * width
     label_bytes = pixels * (1 if num_classes <= 256 else 2)
@@ -71,27 +76,43 @@ def request_peak_bytes(height: int, width: int, geometry: Sequence[ScaleGeometry
         "encode": rgb + label_bytes + pixels * (OVERLAY_BYTES_PER_PIXEL if output == "overlay"
                                                  else PNG_BYTES_PER_PIXEL),
     }
+    if soft is not None:
+        # what the stitcher keeps once every scale is in, and the soft output beside it: a float64 map
+        # and its float32 copy, or the float16 probabilities and the response's copy of them
+        out = soft.output_bytes(height, width, num_classes)
+        made = 2 * out if soft.kind == "probabilities" else 3 * out
+        stages["soft"] = (rgb + label_bytes + made
+                          + stitch_held_bytes(geometry, (height, width), num_classes, final=True))
     return body_bytes + math.ceil(RSS_FACTOR * max(stages.values()))
 
 
-def upload_cost(meta: ArtifactMeta, data: bytes, params: InferenceParams, output: str) -> int | None:
+def declared_hw(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from an upload's header, before decoding; None when it cannot be read."""
+    fmt = sniff_format(data)
+    size = declared_size(data, fmt) if fmt is not None else None
+    if size is None or size[0] < 1 or size[1] < 1:
+        return None
+    return size[1], size[0]
+
+
+def upload_cost(meta: ArtifactMeta, data: bytes, params: InferenceParams, output: str,
+                soft: Soft | None = None) -> int | None:
     """The most memory a request for the upload ``data`` will hold, read from its header before decoding.
 
     None when the header cannot be read or the geometry cannot be planned: decoding or planning
     then refuses the request with the right status. EXIF orientation may swap the sides, so both
     readings are costed and the larger kept.
     """
-    fmt = sniff_format(data)
-    size = declared_size(data, fmt) if fmt is not None else None
-    if size is None or size[0] < 1 or size[1] < 1:
+    size = declared_hw(data)
+    if size is None:
         return None
-    costs = [pixels_cost(meta, height, width, params, output, body_bytes=len(data))
-             for height, width in ((size[1], size[0]), (size[0], size[1]))]
+    costs = [pixels_cost(meta, height, width, params, output, body_bytes=len(data), soft=soft)
+             for height, width in (size, size[::-1])]
     return None if None in costs else max(c for c in costs if c is not None)
 
 
 def pixels_cost(meta: ArtifactMeta, height: int, width: int, params: InferenceParams, output: str, *,
-                body_bytes: int = 0) -> int | None:
+                body_bytes: int = 0, soft: Soft | None = None) -> int | None:
     """:func:`upload_cost` of an image of known size (decoded pixels sent as a tensor)."""
     p = meta.protocol
     try:
@@ -100,4 +121,4 @@ def pixels_cost(meta: ArtifactMeta, height: int, width: int, params: InferencePa
     except ValueError:
         return None
     return request_peak_bytes(height, width, geometry, num_classes=meta.num_classes, tile=meta.tile,
-                              output=output, body_bytes=body_bytes)
+                              output=output, body_bytes=body_bytes, soft=soft)

@@ -199,12 +199,15 @@ def stitch_peak_bytes(geometry: Sequence[ScaleGeometry], image_size: tuple[int, 
 
 
 def stitch_held_bytes(geometry: Sequence[ScaleGeometry], image_size: tuple[int, int],
-                      num_classes: int) -> int:
+                      num_classes: int, *, final: bool = False) -> int:
     """The most a :class:`~service.protocol.stitch.Stitcher` keeps between two scales (while the next
     scale's tiles are cut): the image-size sum (full-size route) or the scales before the last at
-    their working size (bounded route); nothing for one window."""
-    if len(geometry) == 1:
-        return 0
+    their working size (bounded route); nothing for one window. ``final``: what it keeps once every
+    scale is in (for a soft output): every scale, or the one window's softmax."""
+    first = geometry[0]
+    if len(geometry) == 1 and first.num_windows == 1 and first.size == image_size:
+        return _lone_bytes(first, num_classes, first.canvas, 1) if final else 0
     if uses_full_size(geometry, image_size, num_classes):
-        return num_classes * image_size[0] * image_size[1] * F64
-    return sum(num_classes * g.size[0] * g.size[1] * F64 + _taps_bytes(image_size) for g in geometry[:-1])
+        return num_classes * image_size[0] * image_size[1] * F64 if final or len(geometry) > 1 else 0
+    kept = geometry if final else geometry[:-1]
+    return sum(num_classes * g.size[0] * g.size[1] * F64 + _taps_bytes(image_size) for g in kept)

@@ -43,13 +43,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.contract.artifact import label_dtype
+from service.contract.soft import Soft
 from service.protocol.argmax import Labels, argmax_classes
 from service.protocol.bands import resized_argmax, uses_full_size
 from service.protocol.plan import TilePlan
 from service.protocol.probs import Chunks, ScaleSum, scale_probs_hwc, window_probs
 from service.protocol.resize import resize_groups, resize_linear
 from service.protocol.taps import resize_taps
-from service.protocol.values import Source
+from service.protocol.values import Source, dense_values, pixel_values
 from service.protocol.windows import ScaleGeometry, count_tiles
 
 
@@ -126,6 +127,7 @@ class Stitcher:
         self._lone: NDArray[np.float32] | None = None
         self._total: NDArray[np.float64] | None = None  # the full-size route's (classes, H, W) sum
         self._sources: list[Source] = []  # the bounded route's scales
+        self._divided = False  # the full-size sum divided by the scale count (labels() does it once)
 
     @property
     def expected(self) -> int:
@@ -197,17 +199,44 @@ class Stitcher:
             raise ValueError(f"tiles from {self.expected} on have not arrived")
         dtype = label_dtype(self.classes)
         if self.route == "lone":
-            assert self._lone is not None
-            geom = self.geometry[0]
-            (top, left), (h, w) = geom.pad, geom.size
-            probs = window_probs(self._lone, 0, geom.flip)[:, top:top + h, left:left + w]
-            return argmax_classes(probs, dtype)
+            return argmax_classes(self._lone_probs(), dtype)
         if self.route == "bounded":
             return resized_argmax(self._sources, self.image_size, dtype)
         assert self._total is not None
-        if len(self.geometry) > 1:
+        if len(self.geometry) > 1 and not self._divided:
             self._total /= len(self.geometry)
+            self._divided = True
         return argmax_classes(self._total, dtype)
+
+    def _lone_probs(self) -> NDArray[np.float32]:
+        assert self._lone is not None
+        geom = self.geometry[0]
+        (top, left), (h, w) = geom.pad, geom.size
+        return window_probs(self._lone, 0, geom.flip)[:, top:top + h, left:left + w]
+
+    def soft(self, request: Soft, labels: Labels) -> NDArray[np.floating]:
+        """The soft output ``request`` of the image, after :meth:`labels` gave ``labels``."""
+        if not 0 <= request.class_index < self.classes:
+            raise ValueError(f"class {request.class_index} of {self.classes}")
+        if self.route == "lone":
+            values: NDArray[np.floating] = self._lone_probs()
+        elif self.route == "full":
+            assert self._total is not None and (self._divided or len(self.geometry) == 1), "labels() first"
+            values = self._total
+        elif request.kind == "probabilities":
+            out = np.empty((self.classes, *self.image_size), dtype=np.float16)
+            dense_values(self._sources, out)
+            return out
+        else:  # the bounded route computes only the values asked for, pointwise
+            which = labels if request.kind == "confidence" else np.asarray(request.class_index)
+            return pixel_values(self._sources, which.astype(np.intp), self.image_size).astype(np.float32)
+        if request.kind == "probabilities":
+            return values.astype(np.float16)
+        if request.kind == "probability":
+            plane: NDArray[np.float32] = values[request.class_index].astype(np.float32)
+            return plane
+        top: NDArray[np.float32] = np.max(values, axis=0).astype(np.float32)
+        return top
 
 
 def stitch_labels(plan: TilePlan, logits: NDArray[np.float32]) -> NDArray[np.uint8] | NDArray[np.uint16]:

@@ -130,3 +130,35 @@ def _dense_band(passes: Sequence[RowPass], y0: int, y1: int,
             total += _band_values(rows_pass, y0, y1)[0]
         total /= len(passes)
     return argmax_classes(total, dtype)
+
+
+def dense_values(sources: Sequence[Source], out: NDArray[np.floating], start: int = 0) -> None:
+    """Every class's value at every pixel of rows [start, start + out.shape[1]), written into ``out``
+    (C, rows, W) in its dtype (float16 for the probabilities a client asked for), a few rows at a time."""
+    classes, height, width = out.shape
+    band = max(1, DENSE_VALUES // (classes * width))
+    passes = [RowPass(src) for src in sources]
+    for y0 in range(start, start + height, band):
+        y1 = min(y0 + band, start + height)
+        total, is_view = _band_values(passes[0], y0, y1)
+        if len(passes) > 1:
+            if is_view:
+                total = total.copy()
+            for rows_pass in passes[1:]:
+                total += _band_values(rows_pass, y0, y1)[0]
+            total /= len(passes)
+        out[:, y0 - start:y1 - start] = total
+
+
+def pixel_values(sources: Sequence[Source], classes: NDArray[np.intp], shape: tuple[int, int],
+                 chunk: int = 2**16) -> NDArray[np.float64]:
+    """The value of class ``classes[y, x]`` (an (H, W) map, or a 0-d class for every pixel) at every
+    pixel, (H, W) float64, computed pointwise ``chunk`` pixels at a time."""
+    height, width = shape
+    out = np.empty(height * width)
+    per_pixel = np.broadcast_to(classes, shape).reshape(-1)
+    for i in range(0, height * width, chunk):
+        flat = np.arange(i, min(i + chunk, height * width))
+        ys, xs = np.divmod(flat, width)
+        out[i:i + len(flat)] = mean_values(sources, ys, xs, per_pixel[flat, None].astype(np.intp))[:, 0]
+    return out.reshape(shape)

@@ -1,7 +1,9 @@
 """A model repository: ``PSPNET_MODEL`` names one artifact file or a directory of them.
 
 Every ``.onnx`` file directly in the directory is an entry, served under its
-metadata name (the ``name`` of the ``pspnet`` metadata). A file that is not a
+metadata name (the ``name`` of the ``pspnet`` metadata, or of the description
+file ``X.json`` beside ``X.onnx``: any segmentation ONNX,
+service/contract/description.py). A file that is not a
 usable artifact does not stop the others: it is an unavailable entry with the
 reason, listed by ``/v1/models``. Two usable files with one name are refused at
 start, naming both. A single file given by path must be usable (as before the
@@ -15,7 +17,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.contract.artifact import ArtifactError, ArtifactMeta, read_meta
+from service.contract.artifact import ArtifactError, ArtifactMeta
+from service.contract.description import read_description
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -38,7 +41,7 @@ class ModelEntry:
 
 def _entry(path: Path) -> ModelEntry:
     try:
-        meta = read_meta(path)
+        meta = read_description(path).meta
     except ArtifactError as e:
         return ModelEntry(path.stem, path, None, str(e))
     if not NAME.fullmatch(meta.name):

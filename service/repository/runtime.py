@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from service.contract.artifact import ArtifactMeta
+from service.contract.description import sidecar_path
 from service.engine.batcher import TileBatcher
 from service.engine.sessions import Engine
 from service.repository.directory import ModelEntry
@@ -52,16 +53,21 @@ class ModelHealth:
 
 @dataclass(frozen=True)
 class FileIdentity:
-    """What a reload compares to tell a changed artifact from an unchanged one."""
+    """What a reload compares to tell a changed artifact (or description file) from an unchanged one."""
 
     path: Path
     size: int
     mtime_ns: int
+    sidecar: tuple[int, int] | None = None  # size and mtime of its description file, if it has one
 
     @classmethod
     def of(cls, path: Path) -> FileIdentity:
         st = path.stat()
-        return cls(path.resolve(), st.st_size, st.st_mtime_ns)
+        try:
+            side = sidecar_path(path).stat()
+        except FileNotFoundError:
+            return cls(path.resolve(), st.st_size, st.st_mtime_ns)
+        return cls(path.resolve(), st.st_size, st.st_mtime_ns, (side.st_size, side.st_mtime_ns))
 
 
 @dataclass

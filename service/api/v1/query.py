@@ -16,7 +16,8 @@ COMMON_QUERY: tuple[str, ...] = ("mode", "flip", "scales", "output")
 #: query parameters that only some outputs take: name -> the OutputOptions field it sets. The
 #: outputs that read that field (their ``options`` in service/codec/outputs.py) are the ones that take
 #: it, so a new format or option needs no change here.
-OPTION_QUERY: dict[str, str] = {"format": "overlay_format", "include_mask": "include_mask"}
+OPTION_QUERY: dict[str, str] = {"format": "overlay_format", "include_mask": "include_mask",
+                                "class": "class_name"}
 
 
 def outputs_taking(name: str) -> list[str]:

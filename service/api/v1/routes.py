@@ -20,7 +20,14 @@ from service.api.openapi import ModelInfo, ModelsResponse, problems, segment_ope
 from service.api.uploads import image_bytes
 from service.api.v1.query import check_no_query, check_query
 from service.codec.encode import OverlayFormat
-from service.codec.outputs import FORMATS, Encoded, OutputOptions, encode_output, output_format
+from service.codec.outputs import (
+    FORMATS,
+    Encoded,
+    OutputOptions,
+    encode_output,
+    output_format,
+    soft_request,
+)
 from service.contract.artifact import Mode
 from service.pipeline.chain import Upload
 from service.pipeline.params import resolve
@@ -35,6 +42,7 @@ class SegmentQuery:
     output: str
     format: OverlayFormat | None
     include_mask: bool | None
+    class_name: str | None
 
 
 def segment_query(
@@ -49,8 +57,10 @@ def segment_query(
         description="output=overlay only: jpeg (the default) or png")] = None,
     include_mask: Annotated[bool | None, Query(
         description="output=json only: add the label PNG, base64 (default false)")] = None,
+    class_name: Annotated[str | None, Query(
+        alias="class", description="output=probability only: the class whose probability to send")] = None,
 ) -> SegmentQuery:
-    return SegmentQuery(mode, flip, scales, output, format, include_mask)
+    return SegmentQuery(mode, flip, scales, output, format, include_mask, class_name)
 
 
 def router() -> APIRouter:
@@ -98,14 +108,19 @@ async def _segment(call: Call, q: SegmentQuery) -> Response:
     # so is a parameter that is unknown, repeated or means nothing to this output
     check_query([k for k, _ in request.query_params.multi_items()], q.output)
     params = resolve(meta.protocol, mode=q.mode, flip=q.flip, scales=q.scales, max_scales=settings.max_scales)
-    data, ctype = await image_bytes(request, settings.max_body_bytes)
     options = OutputOptions.from_settings(settings, overlay_format=q.format or "jpeg",
-                                          include_mask=bool(q.include_mask))
+                                          include_mask=bool(q.include_mask), class_name=q.class_name)
+    soft = soft_request(q.output, meta, options)  # an unknown class is a 400 before the body is read
+    data, ctype = await image_bytes(request, settings.max_body_bytes)
 
-    def encode(rgbs: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Encoded:
-        return encode_output(q.output, meta, rgbs[0], labels[0], options)
+    def encode(rgbs: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+               softs: Sequence[np.ndarray | None]) -> Encoded:
+        # a soft format encodes its probabilities where the others encode the labels
+        values = labels[0] if soft is None else softs[0]
+        assert values is not None
+        return encode_output(q.output, meta, rgbs[0], values, options)
 
-    result = await infer(call, [Upload(data, ctype)], params, encode, output=q.output)
+    result = await infer(call, [Upload(data, ctype)], params, encode, output=q.output, soft=soft)
     labels = result.labels[0]
     request.scope["state"]["log_extra"] = {
         "mode": params.mode, "scales": list(params.scales), "flip": params.flip, "tiles": result.tiles,

@@ -3,8 +3,9 @@ and its entry in the repository index (Triton's model repository extension).
 
 Every artifact is served the same way: two inputs of which a request sends one
 (``image``: encoded files, BYTES [N]; ``pixels``: RGB UINT8 [N, H, W, 3], or
-[H, W, 3] unbatched) and one output ``labels`` of the input's size (UINT8, UINT16
-beyond 256 classes). Each model is version "1". Statistics follow Triton's
+[H, W, 3] unbatched) and two outputs: ``labels`` of the input's size (UINT8, UINT16
+beyond 256 classes), and ``probabilities`` (FP16 [N, C, H, W], sent only when asked
+for). Each model is version "1". Statistics follow Triton's
 ``/v2/models/{name}/stats`` shape: cumulative counts and nanoseconds.
 
 Tested by tests/service/api/v2/test_routes.py (metadata, config, statistics, the repository index).
@@ -25,7 +26,7 @@ MODEL_VERSION = "1"
 #: a model's state in the repository index, as Triton names them
 READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
 PLATFORM = "pspnet_onnx"
-_TRITON_TYPES = {"BYTES": "TYPE_STRING", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16"}
+_TRITON_TYPES = {"BYTES": "TYPE_STRING", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16", "FP16": "TYPE_FP16"}
 
 
 def labels_datatype(meta: ArtifactMeta) -> str:
@@ -36,7 +37,8 @@ def labels_datatype(meta: ArtifactMeta) -> str:
 def _tensors(meta: ArtifactMeta) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     inputs = [{"name": "image", "datatype": "BYTES", "shape": [-1]},
               {"name": "pixels", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
-    outputs = [{"name": "labels", "datatype": labels_datatype(meta), "shape": [-1, -1, -1]}]
+    outputs = [{"name": "labels", "datatype": labels_datatype(meta), "shape": [-1, -1, -1]},
+               {"name": "probabilities", "datatype": "FP16", "shape": [-1, meta.num_classes, -1, -1]}]
     return inputs, outputs
 
 

@@ -7,7 +7,8 @@ Server: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``. Per model (versi
 (every model with its state; not its load and unload). An
 inference request sends exactly one input: ``image`` (BYTES [N], encoded files,
 every format /v1 takes) or ``pixels`` (UINT8 [N, H, W, 3], or [H, W, 3]
-unbatched, RGB); the one output, ``labels``, has the input's size. Its
+unbatched, RGB); the output ``labels`` has the input's size, and ``probabilities``
+(FP16 [N, C, H, W], binary data only) comes when asked for. Its
 ``parameters`` are /v1's: ``mode``, ``flip``, ``scales`` (a list or a
 comma-separated string). Errors are ``{"error": ...}`` with /v1's statuses
 (service/api/problems.py); every /v1 limit applies.
@@ -48,6 +49,7 @@ from service.api.v2.models import (
     metadata,
     parse_index_request,
 )
+from service.contract.soft import Soft
 from service.errors import BadRequest, NotFound, PayloadTooLarge
 from service.pipeline.chain import Upload
 from service.pipeline.params import InferenceParams, resolve
@@ -58,6 +60,8 @@ SERVER_NAME = "pspnet-serving"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 #: request parameters with a meaning here; the protocol's own are allowed and ignored
 PARAMETERS = {"mode", "flip", "scales"}
+#: what a model answers: ``labels`` (by default) and, when asked for, ``probabilities`` (FP16 [C, H, W])
+OUTPUTS = ("labels", "probabilities")
 PROTOCOL_PARAMETERS = {"binary_data_output"}
 #: an index request is at most {"ready": true}: a body beyond this is refused (413) unread
 INDEX_BODY_LIMIT = 4096
@@ -209,9 +213,20 @@ def _one_input(req: InferRequest) -> Tensor:
         raise BadRequest(f"input 'pixels' must be UINT8 of shape [H, W, 3] or [N, H, W, 3]; got {t.datatype} "
                          f"{list(t.shape)}")
     for out in req.outputs or ():
-        if out.name != "labels":
-            raise BadRequest(f"unknown output {out.name!r}: this model has one output, 'labels'")
+        if out.name not in OUTPUTS:
+            raise BadRequest(f"unknown output {out.name!r}: a model has {' and '.join(map(repr, OUTPUTS))}")
     return t
+
+
+def _outputs(req: InferRequest) -> list[str]:
+    """The outputs asked for: those named; none named means ``labels`` (``probabilities``, 2 bytes a
+    pixel and class, come only when asked for, and only as binary data: as JSON numbers they would
+    be about ten times that)."""
+    names = [o.name for o in req.outputs] if req.outputs else ["labels"]
+    if "probabilities" in names and not req.binary_output("probabilities"):
+        raise BadRequest("output 'probabilities' is sent as binary data only: ask for it with "
+                         "parameters.binary_data true (the binary tensor data extension)")
+    return names
 
 
 async def _infer(call: Call) -> Response:
@@ -235,13 +250,19 @@ async def _infer(call: Call) -> Response:
         batched = True
         images = [Upload(data) for data in tensor.data]
 
-    def encode(rgbs: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> tuple[bytes, dict[str, str]]:
-        # the chain's label maps are already of the one label dtype (service.contract.artifact.label_dtype)
-        stacked = np.stack(labels) if batched else labels[0]
-        return encode_response(rt.name, MODEL_VERSION, req.id, [Output("labels", stacked)],
-                               [req.binary_output("labels")])
+    names = _outputs(req)
+    soft = Soft("probabilities") if "probabilities" in names else None
 
-    result = await infer(call, images, params, encode, output="label")
+    def encode(rgbs: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+               softs: Sequence[np.ndarray | None]) -> tuple[bytes, dict[str, str]]:
+        # the chain's label maps are already of the one label dtype (service.contract.artifact.label_dtype);
+        # probabilities are (C, H, W) float16 per image
+        arrays: dict[str, list[np.ndarray]] = {"labels": list(labels),
+                                               "probabilities": [v for v in softs if v is not None]}
+        outputs = [Output(n, np.stack(arrays[n]) if batched else arrays[n][0]) for n in names]
+        return encode_response(rt.name, MODEL_VERSION, req.id, outputs, [req.binary_output(n) for n in names])
+
+    result = await infer(call, images, params, encode, output="label", soft=soft)
     body, headers = result.encoded
     request.scope["state"]["log_extra"] = {"mode": params.mode, "scales": list(params.scales),
                                            "flip": params.flip, "tiles": result.tiles, "images": len(images)}

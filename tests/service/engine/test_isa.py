@@ -10,6 +10,7 @@ import pytest
 
 import service.engine.sessions as sessions
 from service.contract.artifact import ArtifactMeta, read_meta
+from service.contract.description import read_description
 from service.engine.isa import cpu_flags, int8_warning
 from service.engine.sessions import Engine
 from tests.service.tiny_model import build_tiny_artifact
@@ -60,7 +61,8 @@ def test_the_engine_logs_the_warning_at_load(tmp_path: Path, monkeypatch: pytest
                                               caplog: pytest.LogCaptureFixture) -> None:
     path = build_tiny_artifact(tmp_path / "t.onnx", tile=(32, 48))
     full_range = _quantised(read_meta(path), weights="int8, per channel")
-    monkeypatch.setattr(sessions, "read_meta", lambda p: full_range)
+    described = dataclasses.replace(read_description(path), meta=full_range)
+    monkeypatch.setattr(sessions, "read_description", lambda p: described)
     monkeypatch.setattr(sessions, "cpu_flags", lambda: frozenset(AVX2))
     with caplog.at_level(logging.WARNING):
         Engine(path, provider="cpu", max_batch=1)

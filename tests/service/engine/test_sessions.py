@@ -424,8 +424,8 @@ def test_cuda_binds_only_the_outputs_asked_for(artifact: Path, fake_ort: type[Fa
     assert not np.shares_memory(only["labels"], both["labels"])
     np.testing.assert_array_equal(engine.run(tiles), expected["logits"])
     assert s.fetched[-1] == ("logits",) and s.plain_runs == 0
-    engine.warmup([1, 2])  # warm-up fetches every output
-    assert s.fetched[-2:] == [("logits", "labels")] * 2
+    engine.warmup([1, 2])  # warm-up fetches every set of outputs a batch may ask for, per batch size
+    assert s.fetched[-6:] == [("logits", "labels"), ("logits",), ("labels",)] * 2
 
 
 def test_cpu_fetches_only_the_outputs_asked_for(artifact: Path, fake_ort: type[FakeSession]) -> None:
@@ -458,8 +458,8 @@ def test_several_cuda_sessions(artifact: Path, fake_ort: type[FakeSession],
     out = runners[2](random_tiles(2), ("labels",))
     np.testing.assert_array_equal(out["labels"], fake_outputs(random_tiles(2))["labels"])
     assert [s.bound_runs for s in sessions] == [0, 0, 1]
-    engine.warmup()  # every session, every batch size
-    assert [s.bound_runs for s in sessions] == [2, 2, 3] and engine.warmup_seconds is not None
+    engine.warmup()  # every session, every batch size, every set of outputs (both, each alone)
+    assert [s.bound_runs for s in sessions] == [6, 6, 7] and engine.warmup_seconds is not None
 
 
 def test_sessions_run_concurrently_each_one_at_a_time(artifact: Path, fake_ort: type[FakeSession]) -> None:

@@ -179,7 +179,7 @@ def test_the_batched_chain_answers_what_the_synchronous_one_does(engine: Engine,
     labels, tiles = chain.labels_now(rgb, params, runner=EngineRunner(engine, 3))
     want = encode_output(output, engine.meta, rgb, labels, options)
 
-    def encode(rgbs: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Encoded:
+    def encode(rgbs: Sequence[np.ndarray], labels: Sequence[np.ndarray], softs: object) -> Encoded:
         return encode_output(output, engine.meta, rgbs[0], labels[0], options)
 
     batcher = ChunkingBatcher(engine, 2)
@@ -196,15 +196,16 @@ def test_several_images_share_one_pass_and_one_size(engine: Engine) -> None:
     chain = Chain(engine.meta, NO_LIMITS)
     uploads = [Upload(png_bytes(40, 60, seed=s)) for s in (1, 2)]
     batcher = ChunkingBatcher(engine, 3)
-    result = _batched(chain, uploads, SLIDE, lambda rgbs, labels: len(labels), batcher)
+    result = _batched(chain, uploads, SLIDE, lambda rgbs, labels, softs: len(labels), batcher)
     assert result.encoded == 2 and batcher.calls == 2 and len(result.labels) == 2
     pixels = np.stack([decode(u.data, None, NO_LIMITS).rgb for u in uploads])
-    from_pixels = _batched(chain, pixels, SLIDE, lambda rgbs, labels: labels, batcher)
+    from_pixels = _batched(chain, pixels, SLIDE, lambda rgbs, labels, softs: labels, batcher)
     assert from_pixels.images == () and from_pixels.tiles == result.tiles
     for a, b in zip(from_pixels.labels, result.labels, strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(BadRequest, match="share one size; got 60x40, 61x40"):
-        _batched(chain, [uploads[0], Upload(png_bytes(40, 61))], SLIDE, lambda rgbs, labels: 0, batcher)
+        _batched(chain, [uploads[0], Upload(png_bytes(40, 61))], SLIDE, lambda rgbs, labels, softs: 0,
+                 batcher)
 
 
 def test_labels_now_is_the_chain_without_decode_and_encode(engine: Engine) -> None:
@@ -218,7 +219,7 @@ def test_labels_now_is_the_chain_without_decode_and_encode(engine: Engine) -> No
 def test_the_chain_refuses_what_its_limits_refuse(engine: Engine) -> None:
     chain = Chain(engine.meta, DecodeLimits(max_bytes=1 << 20, max_pixels=100))
     with pytest.raises(PayloadTooLarge):
-        _batched(chain, [Upload(png_bytes(20, 20))], SLIDE, lambda rgbs, labels: 0,
+        _batched(chain, [Upload(png_bytes(20, 20))], SLIDE, lambda rgbs, labels, softs: 0,
                  ChunkingBatcher(engine, 3))
 
 
@@ -267,6 +268,16 @@ def test_one_tile_plans_fetch_the_in_graph_labels_and_others_the_logits(labels_e
         assert (set(fetched) == {("labels",)}) == graph, (size, params)
         via_logits, _ = chain.labels_now(rgb, params, runner=EngineRunner(LogitsOnly(labels_engine), 3))
         np.testing.assert_array_equal(via_graph, via_logits)
-        batched = _batched(chain, rgb[None], params, lambda rgbs, labels: None,
+        batched = _batched(chain, rgb[None], params, lambda rgbs, labels, softs: None,
                            ChunkingBatcher(labels_engine, 3))
         np.testing.assert_array_equal(batched.labels[0], via_logits)
+
+
+def test_a_labels_only_model_needs_one_window_the_image(engine: Engine) -> None:
+    """A model that gives labels only (a described graph, service/engine/adapt.py) cannot be stitched:
+    a 400 that says which requests it serves, and the one-window ones still go through."""
+    rgb = np.zeros((32, 48, 3), np.uint8)
+    with pytest.raises(BadRequest, match="labels only.*mode=whole"):
+        prepare(engine.meta, rgb, MULTI_FLIP, ("labels",))
+    whole = prepare(engine.meta, rgb, InferenceParams(mode="whole", scales=(1.0,), flip=False), ("labels",))
+    assert whole.output == "labels" and whole.window == (0, 0, 32, 48)

@@ -95,7 +95,7 @@ def test_the_estimate_bounds_the_measured_peak(wide_engine: Engine, size: tuple[
     assert estimate is not None
     chain = Chain(meta, NO_LIMITS)
 
-    def encode(rgbs: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Encoded:
+    def encode(rgbs: Sequence[np.ndarray], labels: Sequence[np.ndarray], softs: object) -> Encoded:
         return encode_output(output, meta, rgbs[0], labels[0], OutputOptions())
 
     # the whole road in this thread: decode, plan, run, stitch, encode

@@ -63,7 +63,8 @@ async def test_server_and_model_metadata(model: Path) -> None:
     assert meta == versioned and meta["versions"] == ["1"]
     assert {i["name"]: (i["datatype"], i["shape"]) for i in meta["inputs"]} == {
         "image": ("BYTES", [-1]), "pixels": ("UINT8", [-1, -1, -1, 3])}
-    assert meta["outputs"] == [{"name": "labels", "datatype": "UINT8", "shape": [-1, -1, -1]}]
+    assert meta["outputs"] == [{"name": "labels", "datatype": "UINT8", "shape": [-1, -1, -1]},
+                               {"name": "probabilities", "datatype": "FP16", "shape": [-1, 5, -1, -1]}]
     for missing in (other, unknown):
         assert missing.status_code == 404 and set(missing.json()) == {"error"}
     assert config["max_batch_size"] == 0 and config["output"][0]["data_type"] == "TYPE_UINT8"
