@@ -30,6 +30,7 @@ COMMANDS = {
     "stitch-agreement": "benchmarks.accuracy.stitch_agreement",
     "int8-isa": "benchmarks.accuracy.int8_isa",
     "official-check": "benchmarks.accuracy.official_check",
+    "soft-outputs": "benchmarks.speed.soft_outputs",
 }
 
 

@@ -36,7 +36,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # runnable from a checkout
 from benchmarks.reliability.overload import DEFAULT_MODEL, free_port, start_server, wait_ready
 from service.contract.artifact import read_meta
-from service.pipeline.cost import upload_cost
+from service.pipeline.cost import pixels_cost, upload_cost
 from service.pipeline.params import resolve
 
 MB = 2**20
@@ -78,7 +78,8 @@ def _measure(args: argparse.Namespace, meta: Any, proc: subprocess.Popen[bytes],
     flip = args.flip or flip_word == "flip"
     query = {"mode": mode, "flip": str(flip).lower(), "output": args.output}
     params = resolve(meta.protocol, mode=mode, flip=flip, scales=None, max_scales=16)
-    estimate = upload_cost(meta, body, params, args.output) or 0
+    estimate = upload_cost(meta, body, params, args.output) or 0  # what admission reserves: both orientations
+    served = (pixels_cost(meta, h, w, params, args.output) or 0) + len(body)  # the orientation served
     growths, settled, seconds, status = [], 0, 0.0, 0
     for _ in range(args.repeat):
         Path(f"/proc/{proc.pid}/clear_refs").write_text("5")
@@ -95,10 +96,12 @@ def _measure(args: argparse.Namespace, meta: Any, proc: subprocess.Popen[bytes],
     growth = max(growths)
     return {"size": size, "megapixels": round(h * w / 1e6, 2), "mode": mode, "flip": flip,
             "classes": meta.num_classes, "status": status, "upload_mb": round(len(body) / MB, 2),
-            "estimate_mb": round(estimate / MB, 1), "peak_growth_mb": round(growth / MB, 1),
+            "estimate_mb": round(estimate / MB, 1), "estimate_served_mb": round(served / MB, 1),
+            "peak_growth_mb": round(growth / MB, 1),
             "growth_per_repeat_mb": [round(g / MB, 1) for g in growths],
             "settled_growth_mb": round(settled / MB, 1),
             "estimate_over_peak": round(estimate / growth, 2) if growth > 0 else None,
+            "served_estimate_over_peak": round(served / growth, 2) if growth > 0 else None,
             "bytes_per_pixel": round(growth / (h * w), 1), "seconds": round(seconds, 2)}
 
 
