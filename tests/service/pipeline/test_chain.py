@@ -277,7 +277,7 @@ def test_a_labels_only_model_needs_one_window_the_image(engine: Engine) -> None:
     """A model that gives labels only (a described graph, service/engine/adapt.py) cannot be stitched:
     a 400 that says which requests it serves, and the one-window ones still go through."""
     rgb = np.zeros((32, 48, 3), np.uint8)
-    with pytest.raises(BadRequest, match="labels only.*mode=whole"):
+    with pytest.raises(BadRequest, match=r"labels only.*mode=whole"):
         prepare(engine.meta, rgb, MULTI_FLIP, ("labels",))
     whole = prepare(engine.meta, rgb, InferenceParams(mode="whole", scales=(1.0,), flip=False), ("labels",))
     assert whole.output == "labels" and whole.window == (0, 0, 32, 48)
