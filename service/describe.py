@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.contract.artifact import ArtifactError, ArtifactMeta, InferenceProtocol
+from service.contract.artifact import METADATA_KEY, ArtifactError, ArtifactMeta, InferenceProtocol
 from service.contract.description import (
     INPUT_DTYPES,
     INTEGER_TYPES,
@@ -92,6 +92,9 @@ def draft(model: Path, tile: tuple[int, int] | None = None) -> tuple[ModelDescri
         view = read_model(model)
     except (WireError, OSError) as e:
         raise ArtifactError(f"{model} is not a readable ONNX model: {e}") from None
+    if METADATA_KEY in view.metadata:  # a draft would add ImageNet normalisation to the graph's own
+        raise ArtifactError(f"{model} is a pspnet-model artifact: it describes itself (classes, protocol, "
+                            "normalisation inside the graph); serve it as it is, with no description")
     inputs = [i for i in view.inputs if i.name not in view.initializers]
     if len(inputs) != 1:
         raise ArtifactError(f"the graph takes {len(inputs)} inputs {[i.name for i in inputs]}; the server "

@@ -17,6 +17,7 @@ from service.contract.description import GraphCall, read_description
 from service.describe import IMAGENET_MEAN, IMAGENET_STD, draft, write_draft
 from tests.service.api_client import png_bytes, serving
 from tests.service.described_graphs import build_graph
+from tests.service.tiny_model import build_tiny_artifact
 
 
 def test_the_draft_of_a_fixed_strided_graph(tmp_path: Path) -> None:
@@ -72,6 +73,14 @@ def test_a_graph_it_cannot_draft_is_a_clear_error(tmp_path: Path, capsys: pytest
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     assert main(["describe", str(tmp_path / "junk.onnx")]) == 2
     assert "is not a readable ONNX model" in capsys.readouterr().err
+
+
+def test_a_pspnet_artifact_needs_no_draft(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An artifact normalises inside its graph: a draft (ImageNet mean/std applied by the server)
+    would normalise twice, so describe refuses and writes nothing."""
+    path = build_tiny_artifact(tmp_path / "tiny.onnx", tile=(32, 48), num_classes=5)
+    assert main(["describe", str(path)]) == 2
+    assert "describes itself" in capsys.readouterr().err and not (tmp_path / "tiny.json").exists()
 
 
 @pytest.mark.anyio
