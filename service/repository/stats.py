@@ -33,10 +33,12 @@ _STAGE_TO = (("decode", "compute_input"), ("plan", "compute_input"), ("batch", "
 
 
 def _row_in(folder: Path) -> npt.NDArray[np.int64]:
-    """This process's row, a new zeroed file ``<pid>.bin`` in ``folder``, mapped."""
+    """This process's row, a new zeroed file ``<pid>-<ns>.bin`` in ``folder``, mapped (the time
+    keeps a later process given a dead worker's pid from taking over its row)."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{os.getpid()}.bin"
-    path.write_bytes(bytes(8 * ROW))
+    path = folder / f"{os.getpid()}-{time.time_ns()}.bin"
+    with path.open("xb") as f:
+        f.write(bytes(8 * ROW))
     return np.memmap(path, dtype=np.int64, mode="r+", shape=(ROW,))
 
 

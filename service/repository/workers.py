@@ -6,7 +6,7 @@ The supervisor (service/workers/) makes the folder and starts each worker with i
     metrics/            Prometheus's files (PROMETHEUS_MULTIPROC_DIR) and supervisor.json
     memory.bin          the bytes each worker's requests hold (service/engine/held.py)
     status/<slot>.json  each worker's state, replaced about four times a second
-    stats/<model>@<version>/<pid>.bin   each worker's statistics row (repository/stats.py)
+    stats/<model>@<version>/<pid>-<ns>.bin   each worker's statistics row (repository/stats.py)
 
 A worker is counted by the server's readiness unless it is being replaced: the supervisor marks
 a dead worker's slot ``replacing``, and the replacement counts once it is ready itself. The server
@@ -108,21 +108,24 @@ class WorkerBoard:
         self.root = Path(place.root)
         self.pid = os.getpid()
         self.memory = SharedHeld(self.root / "memory.bin", place.slot)
+        self.replacing = place.replacement  # a replacement not ready yet: the others do not wait for it
 
     def stats_folder(self, key: str) -> Path:
         """The folder of every worker's statistics rows of one model version (:func:`version_key`)."""
         return self.root / "stats" / key
 
     def publish(self, *, ready: bool, models: list[str]) -> None:
-        """This worker's state now: ready here, and the model versions it serves."""
+        """This worker's state now: ready here, and the model versions it serves. A replacement that
+        was ready once counts from then on, like any worker."""
+        self.replacing = self.replacing and not ready
         _write(self.root / "status" / f"{self.place.slot}.json",
-               {"slot": self.place.slot, "pid": self.pid, "replacement": self.place.replacement,
+               {"slot": self.place.slot, "pid": self.pid, "replacement": self.replacing,
                 "ready": ready, "models": sorted(models)})
 
     def served_by(self, pid: int) -> int:
         """Requests the worker ``pid`` answered, over every model version it served."""
         return sum(answered(row) for folder in (self.root / "stats").iterdir()
-                   for row in rows_of(folder, f"{pid}.bin"))
+                   for row in rows_of(folder, f"{pid}-*.bin"))
 
     def peers(self) -> list[dict[str, Any]]:
         """Every other slot's state: ``counted`` False for one being replaced (or not started again)."""

@@ -67,6 +67,10 @@ def test_a_worker_being_replaced_is_not_waited_for(tmp_path: Path) -> None:
     assert board.peers_not_ready([V1]) is None
     _peer(tmp_path, 2, ready=True, models=[V2], replacement=True)  # once ready it counts
     assert board.peers_not_ready([V1]) is not None
+    replacement = _board(tmp_path, 2, replacement=True)
+    replacement.publish(ready=True, models=[V1])
+    replacement.publish(ready=False, models=[V1])  # ready once, then failing: it is waited for now
+    assert board.peers_not_ready([V1]) == "worker 2 is loading or not ready"
     dead = 2**22 + 12345  # a pid past Linux's largest: its status is that of a dead worker
     _peer(tmp_path, 2, ready=False, models=[], pid=dead)
     assert board.peers_not_ready([V1]) is None
@@ -85,7 +89,7 @@ def test_statistics_rows_of_every_worker_add_up(tmp_path: Path) -> None:
     other.request(ok=True, images=1, seconds=1.0, stages={})
     other.request(ok=False, images=1, seconds=0.1, stages={})
     other.batch(4, 0.5)
-    (folder / "99999999.bin").write_bytes(other.total().tobytes())
+    (folder / "99999999-1.bin").write_bytes(other.total().tobytes())
     stats = mine.json("m", "1")
     assert stats["inference_count"] == 3 and stats["execution_count"] == 2
     assert stats["inference_stats"]["success"] == {"count": 2, "ns": 1_500_000_000}
