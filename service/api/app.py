@@ -75,6 +75,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None,
     async def warm_all() -> None:
         await asyncio.gather(*(rt.warm_up(settings) for rt in list(service.models.values())))
         service.loaded = True
+        service.publish()
         log.info("ready: %s", ", ".join(f"{rt.name} on {rt.engine.provider}"
                                         for rt in service.models.values()))
 
@@ -87,7 +88,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None,
 
     async def publish(board: WorkerBoard) -> None:
         while True:
-            board.publish(ready=service.ready_here, models=service.versions())
+            service.publish()
             for rt in list(service.models.values()):  # this worker's share of the gauges
                 metrics.queue_tiles.labels(model=rt.name).set(rt.batcher.queue_depth)
                 metrics.ready.labels(model=rt.name).set(1 if rt.ready else 0)

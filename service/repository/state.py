@@ -82,6 +82,12 @@ class Service:
         """The server: this process, and with several workers every other one counted."""
         return self.ready_here and (self.board is None or self.board.peers_not_ready(self.versions()) is None)
 
+    def publish(self) -> None:
+        """With several workers, tell the others this process's state now (else they learn it
+        within service.api.app.PUBLISH_EVERY_S)."""
+        if self.board is not None:
+            self.board.publish(ready=self.ready_here, models=self.versions())
+
     def versions(self) -> list[str]:
         """The model versions this process serves (service.repository.workers.version_key)."""
         return [rt.version for rt in self.models.values()]

@@ -7,7 +7,9 @@ sessions and batcher, stitch, encode) that accepts on the inherited socket. The 
 connection to one of them. The supervisor serves no request and imports no ONNX Runtime session;
 it only
 
-- forwards SIGHUP to every worker (``POST /v1/admin/reload`` in one worker asks it to);
+- forwards SIGHUP to every worker (``POST /v1/admin/reload`` in one worker asks it to); a worker
+  still starting gets it once it has started (before, SIGHUP would end it, and after, it might
+  serve files older than the others');
 - on SIGTERM or SIGINT, closes its copy of the socket and sends SIGTERM to every worker, which
   drains what it accepted; waits for them (``request_timeout_s`` + 15 s, then SIGKILL), then ends
   by the same signal, as a single uvicorn does (exit 143 for SIGTERM);
@@ -82,13 +84,28 @@ class Supervisor:
         self.due: dict[int, float] = {}  # slot -> when its replacement starts
         self.restarts: Counter[str] = Counter()
         self.stopping: int | None = None
+        self.hup_pending: set[int] = set()  # slots whose worker gets SIGHUP once it has started
         self.any_started = False
         self.sock: socket.socket | None = None
 
     # -- signals ---------------------------------------------------------------------------------
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
-        self._send_all(signal.SIGHUP)
+        self.hup_pending.update(self.children)
+        self._forward_hup()
+
+    def _started(self, slot: int) -> bool:
+        """The worker of ``slot`` has published its state: its app runs, its SIGHUP handler is in place."""
+        status = status_of(self.root, slot)
+        proc = self.children.get(slot)
+        return proc is not None and status is not None and status.get("pid") == proc.pid
+
+    def _forward_hup(self) -> None:
+        for slot in sorted(self.hup_pending):
+            if self._started(slot):
+                self.hup_pending.discard(slot)
+                with contextlib.suppress(ProcessLookupError):
+                    self.children[slot].send_signal(signal.SIGHUP)
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         if self.stopping is None:
@@ -110,6 +127,7 @@ class Supervisor:
                                 pass_fds=(self.sock.fileno(),))
         self.children[slot] = proc
         self.started_at[slot] = time.monotonic()
+        self.hup_pending.discard(slot)  # a new worker reads the files as they are now
         log.info("worker %d started (pid %d)%s", slot, proc.pid,
                  ", replacing one that died" if replacement else "")
 
@@ -134,8 +152,9 @@ class Supervisor:
     def _watch(self) -> int | None:
         """One look at the workers: replace the dead, start those due; an exit status to stop with."""
         if not self.any_started:
-            self.any_started = any((s := status_of(self.root, slot)) is not None and s.get("pid") == p.pid
-                                   for slot, p in self.children.items())
+            self.any_started = any(self._started(slot) for slot in self.children)
+        if self.hup_pending:
+            self._forward_hup()
         for slot, proc in list(self.children.items()):
             code = proc.poll()
             if code is None:

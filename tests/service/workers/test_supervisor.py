@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from benchmarks.load.localserver import free_port, wait_ready
+from service.settings import DEFAULT_MODEL
 from service.workers.supervisor import how_it_ended
 from tests.service.api_client import png_bytes
 from tests.service.tiny_model import build_tiny_artifact
@@ -150,22 +151,21 @@ def test_a_killed_worker_is_replaced_while_the_server_answers(server: Server) ->
 
 
 def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
-    model = build_tiny_artifact(tmp_path / "tiny.onnx")
-    s = Server(model, tmp_path / "server.log", "--cpu-workers", "1", "--max-batch", "1",
-               "--max-queue-tiles", "100000")
-    slow = png_bytes(720, 960)
-    query = "output=label&mode=slide&scales=0.5,1.0,1.5&flip=true"
+    # the shipped model, multi-scale with flip (40 tiles a request, seconds each on one thread): the
+    # requests are still running when SIGTERM comes
+    s = Server(DEFAULT_MODEL, tmp_path / "server.log", "--intra-op-threads", "1")
+    query = "output=label&mode=multiscale&flip=true"
     try:
-        with ThreadPoolExecutor(8) as pool:
-            answers = [pool.submit(s.segment, query, slow) for _ in range(8)]
+        with ThreadPoolExecutor(4) as pool:
+            answers = [pool.submit(s.segment, query, png_bytes(360, 480)) for _ in range(4)]
             # every request is in a worker's hands (the scrape itself is one more in flight)
-            s.until(lambda: (s.metric("pspnet_requests_in_flight") or 0) >= 9)
+            s.until(lambda: (s.metric("pspnet_requests_in_flight") or 0) >= 5)
             code = s.stop()
             statuses = [a.result() for a in answers]
     finally:
         s.stop()
     log = s.log.read_text()
-    assert statuses == [200] * 8
+    assert statuses == [200] * 4
     assert code == -signal.SIGTERM  # the supervisor ends by the signal, as one uvicorn does
     assert log.count("pspnet.app: stopped") == 2 and "pspnet.supervisor: stopped" in log
 
@@ -174,3 +174,38 @@ def test_how_a_worker_ended_is_a_metric_label() -> None:
     assert how_it_ended(-signal.SIGKILL) == "signal_sigkill"
     assert how_it_ended(1) == "exit_1"
     assert how_it_ended(-200) == "exit_-200"
+
+
+class _FakeWorker:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[int] = []
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+
+
+def test_sighup_waits_for_a_worker_still_starting(tmp_path: Path) -> None:
+    """Before a worker's app runs, SIGHUP would end it: it gets the reload once it has started."""
+    from service.repository.workers import WorkerBoard, WorkerPlace, prepare
+    from service.settings import Settings
+    from service.workers.supervisor import Supervisor
+
+    prepare(tmp_path, 2)
+    sup = Supervisor(Settings(), [], 2, root=tmp_path)
+    started, starting = _FakeWorker(101), _FakeWorker(102)
+    sup.children = {0: started, 1: starting}  # type: ignore[dict-item]
+
+    def publish(slot: int, pid: int) -> None:
+        board = WorkerBoard(WorkerPlace(root=str(tmp_path), slot=slot, count=2, fd=-1, replacement=False,
+                                        supervisor=os.getpid()))
+        board.pid = pid
+        board.publish(ready=False, models=[])
+
+    publish(0, 101)
+    sup._on_hup(signal.SIGHUP, None)
+    assert started.signals == [signal.SIGHUP] and starting.signals == []
+    publish(1, 102)
+    sup._forward_hup()
+    assert starting.signals == [signal.SIGHUP] and started.signals == [signal.SIGHUP]
+    assert not sup.hup_pending
