@@ -61,7 +61,20 @@ STAGES = (("codec/decode", "decode"), ("codec/sniff", "decode"), ("PIL/", "decod
 
 
 def install_fake() -> None:
-    """Replace Engine.run_outputs by a sleep of the GPU's time and zeros (in this process)."""
+    """In a server process: with PSPNET_FAKE_GPU=1, Engine.run_outputs becomes a sleep of the GPU's
+    time and zeros; with PSPNET_FAKE_GPU_THREADS, the Python names of its threads are written there."""
+    import threading
+
+    folder = os.environ.get("PSPNET_FAKE_GPU_THREADS")
+    if folder:  # Python 3.11 names no OS thread: write native id -> Python thread name, each second
+
+        def names() -> None:
+            while True:
+                mapping = {t.native_id: t.name for t in threading.enumerate()}
+                Path(folder, f"{os.getpid()}.json").write_text(json.dumps(mapping))
+                time.sleep(1)
+
+        threading.Thread(target=names, daemon=True, name="feed-gpu-names").start()
     if os.environ.get("PSPNET_FAKE_GPU") != "1":
         return
     import numpy as np
@@ -76,17 +89,6 @@ def install_fake() -> None:
         return {name: np.zeros(shapes[name], dtype=self._dtypes[name]) for name in wanted}
 
     sessions.Engine.run_outputs = run_outputs  # type: ignore[method-assign]
-    folder = os.environ.get("PSPNET_FAKE_GPU_THREADS")
-    if folder:  # Python 3.11 names no OS thread: write native id -> Python thread name, each second
-        import threading
-
-        def names() -> None:
-            while True:
-                mapping = {t.native_id: t.name for t in threading.enumerate()}
-                Path(folder, f"{os.getpid()}.json").write_text(json.dumps(mapping))
-                time.sleep(1)
-
-        threading.Thread(target=names, daemon=True, name="feed-gpu-names").start()
 
 
 def _threads(pid: int, names: dict[str, str]) -> dict[int, tuple[str, float]]:
@@ -151,13 +153,14 @@ def _stages(files: list[Path]) -> dict[str, int]:
     return dict(count.most_common())
 
 
-def run_point(args: argparse.Namespace, workers: int, concurrency: int, scratch: Path) -> dict[str, Any]:
+def run_point(args: argparse.Namespace, workers: int, concurrency: int, scratch: Path,
+              fake: bool = True) -> dict[str, Any]:
     port = free_port()
     site = scratch / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = {**os.environ, "PSPNET_FAKE_GPU": "1", "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]),
-           "PSPNET_LOG_LEVEL": "warning", "PSPNET_FAKE_GPU_THREADS": str(scratch)}
+    env = {**os.environ, "PSPNET_FAKE_GPU": "1" if fake else "0", "PSPNET_LOG_LEVEL": "warning",
+           "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "PSPNET_FAKE_GPU_THREADS": str(scratch)}
     server = subprocess.Popen([sys.executable, "-m", "service.cli", "--model", str(args.model),
                                "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
                               env=env)
@@ -206,13 +209,15 @@ def run_point(args: argparse.Namespace, workers: int, concurrency: int, scratch:
             "gil_held_share": [round(h, 3) for h in held] if args.py_spy else None}
 
 
+HEADER = ("engine", "workers", "c", "req/s", "p50 ms", "p99 ms", "server CPU ms/req", "load generator CPU",
+          "server CPU", "event loop", "cpu pool", "runner threads", "other threads", "GIL held, per process")
+
+
 def markdown(points: list[dict[str, Any]]) -> str:
     lines = ["# Feed the GPU: where the CPU goes (fake GPU engine)", "",
-             "Written by `python -m benchmarks feed-gpu`. CPU shares are of the wall time of the load run "
+             "Written by `python -m benchmarks feed-gpu`. CPU shares are of the load run's wall time "
              "times the machine's cores.", "",
-             "| workers | c | req/s | p50 ms | p99 ms | server CPU ms/req | load generator CPU share | "
-             "server CPU share | event loop | cpu pool | runner threads | other | GIL held, per process |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| " + " | ".join(HEADER) + " |", "| --- |" + " ---: |" * (len(HEADER) - 2) + " --- |"]
     for p in points:
         cap = p["wall_s"] * p["cores"]
         g = p["server_cpu_s"]
@@ -221,16 +226,17 @@ def markdown(points: list[dict[str, Any]]) -> str:
             return f"{sum(v for k, v in g.items() if k.startswith(keys)) / cap:.0%}"
 
         lat = p["latency_ms"]
-        lines.append(f"| {p['workers']} | {p['concurrency']} | {p['throughput_rps']} | {lat['p50']} | "
-                     f"{lat['p99']} | {p['server_cpu_ms_per_ok']} | {p['load_generator_cpu_s'] / cap:.0%} | "
-                     f"{sum(g.values()) / cap:.0%} | {share('event loop')} | {share('pspnet-cpu')} | "
-                     f"{share('batcher')} | {share('threads', 'other')} | "
-                     + ", ".join(f"{h:.0%}" for h in p["gil_held_share"] or []) + " |")
+        cells = [p.get("engine", "fake GPU"), p["workers"], p["concurrency"], p["throughput_rps"], lat["p50"],
+                 lat["p99"], p["server_cpu_ms_per_ok"], f"{p['load_generator_cpu_s'] / cap:.0%}",
+                 f"{sum(g.values()) / cap:.0%}", share("event loop"), share("pspnet-cpu"), share("batcher"),
+                 share("threads", "other"), ", ".join(f"{h:.0%}" for h in p["gil_held_share"] or [])]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     for p in points:
         s = p["gil_samples_by_stage"]
         if s:
             total = sum(s.values())
-            lines.append(f"\npy-spy, the GIL's holder, {p['workers']} worker(s), c={p['concurrency']}: "
+            lines.append(f"\npy-spy, the GIL's holder, {p.get('engine', 'fake GPU')}, {p['workers']} "
+                         f"worker(s), c={p['concurrency']}: "
                          + ", ".join(f"{k} {v / total:.0%}" for k, v in s.items()))
     return "\n".join(lines) + "\n"
 
@@ -243,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[8, 64])
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--py-spy", action="store_true", help="sample the server processes with py-spy")
+    ap.add_argument("--real", type=int, nargs="*", default=[8],
+                    help="also these concurrencies with the real engine on this CPU, 1 worker")
     ap.add_argument("--out", type=Path, help="write feed_gpu.md and raw/feed_gpu.json here")
     args = ap.parse_args(argv)
     points = []
@@ -251,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             for c in args.concurrency:
                 points.append(run_point(args, w, c, Path(tmp)))
                 print(json.dumps(points[-1]), flush=True)
+        for c in args.real:  # ONNX Runtime on this CPU: whose threads take the cores when the model does
+            points.append({**run_point(args, 1, c, Path(tmp), fake=False), "engine": "ONNX Runtime, CPU"})
+            print(json.dumps(points[-1]), flush=True)
     text = markdown(points)
     print(text)
     if args.out:
