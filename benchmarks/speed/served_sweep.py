@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.load.localserver import free_port, stop, wait_ready  # noqa: E402
-from benchmarks.speed.feed_gpu import SITECUSTOMIZE  # noqa: E402
+from benchmarks.speed.feed_gpu import SITECUSTOMIZE, _children, _group, _threads  # noqa: E402
 
 
 class GpuSampler:
@@ -73,10 +73,19 @@ class GpuSampler:
                 "gpu_mem_max_mib": max(m for _, m in self.samples)}
 
 
+def _names(scratch: Path, pid: int) -> dict[str, str]:
+    try:
+        return {str(k): v for k, v in json.loads((scratch / f"{pid}.json").read_text()).items()}
+    except (OSError, ValueError):
+        return {}
+
+
 def load_point(url: str, image: Path, concurrency: int, duration: float, extra: list[str],
-               scratch: Path) -> dict[str, Any]:
-    """One closed-loop load run; its report, the GPU's samples and the load generator's CPU share."""
+               scratch: Path, pids: list[int]) -> dict[str, Any]:
+    """One closed-loop load run; its report, the GPU's samples, the server's CPU by thread group
+    (``pids``: its processes) and the load generator's CPU share."""
     out = scratch / "point.json"
+    before = {p: _threads(p, _names(scratch, p)) for p in pids}
     with GpuSampler() as gpu:
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "benchmarks", "load", "--url", url, "--image",
@@ -89,21 +98,28 @@ def load_point(url: str, image: Path, concurrency: int, duration: float, extra: 
         raise SystemExit(f"the load generator failed ({status})")
     report = json.loads(out.read_text())
     cores = len(os.sched_getaffinity(0))
+    groups: dict[str, float] = {}
+    for p in pids:
+        for tid, (name, cpu) in _threads(p, _names(scratch, p)).items():
+            g = _group(name, tid, p)
+            groups[g] = groups.get(g, 0.0) + cpu - before[p].get(tid, (name, 0.0))[1]
     return {"concurrency": concurrency, "throughput_rps": report["throughput_rps"],
             "tiles_per_s": report.get("tiles_per_s"), "latency_ms": report["latency_ms"],
             "errors": report["errors"], "server_stage_mean_ms": report.get("server_stage_mean_ms"),
             "load_generator_cpu_share": round((usage.ru_utime + usage.ru_stime) / (wall * cores), 3),
+            "server_cpu_share_by_thread": {k: round(v / (wall * cores), 3) for k, v in
+                                           sorted(groups.items(), key=lambda kv: -kv[1]) if v > 0},
             **gpu.summary()}
 
 
 def serve(args: argparse.Namespace, workers: int, scratch: Path,
           model: Path) -> tuple[subprocess.Popen[bytes], str]:
-    env = {**os.environ, "PSPNET_LOG_LEVEL": "warning"}
-    if args.fake_gpu:
-        site = scratch / "site"
-        site.mkdir(exist_ok=True)
-        (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
-        env.update(PSPNET_FAKE_GPU="1", PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
+    # sitecustomize names the server's threads for the CPU table (and with --fake-gpu fakes the engine)
+    site = scratch / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = {**os.environ, "PSPNET_LOG_LEVEL": "warning", "PSPNET_FAKE_GPU": "1" if args.fake_gpu else "0",
+           "PSPNET_FAKE_GPU_THREADS": str(scratch), "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--model", str(model), "--host",
                              "127.0.0.1", "--port", str(port), "--provider", args.provider, "--workers",
@@ -152,16 +168,18 @@ def markdown(report: dict[str, Any]) -> str:
              + (" (fake GPU engine)" if report["fake_gpu"] else "") + f", {report['image']} as a multipart "
              f"upload, colour PNG back, {report['duration']} s closed loop each (raw: served.json).", "",
              "| workers | mode | c | req/s | tiles/s | p50 ms | p99 ms | errors | GPU util % | GPU MiB max | "
-             "load generator CPU | server stages, mean ms |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+             "load generator CPU | server CPU by thread | server stages, mean ms |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | --- |"]
     for run in report["runs"]:
         lat, stages = run["latency_ms"], run.get("server_stage_mean_ms") or {}
+        by_thread = run["server_cpu_share_by_thread"]
         errors = ", ".join(f"{k}: {v}" for k, v in run["errors"].items()) or "-"
         lines.append(f"| {run['workers']} | {run['mode']} | {run['concurrency']} | {run['throughput_rps']} | "
                      f"{run['tiles_per_s']} | {lat.get('p50')} | {lat.get('p99')} | {errors} | "
                      f"{run['gpu_util_mean_pct']} | {run['gpu_mem_max_mib']} | "
                      f"{run['load_generator_cpu_share']:.0%} | "
-                     + ", ".join(f"{k} {v}" for k, v in stages.items()) + " |")
+                     + ", ".join(f"{k.split(' (')[0]} {v:.0%}" for k, v in by_thread.items())
+                     + " | " + ", ".join(f"{k} {v}" for k, v in stages.items()) + " |")
     if report.get("targets"):
         t = report["targets"]
         lines += ["", f"Against the engine's ceilings of this run (labels {t['labels_ceiling_tiles_per_s']} "
@@ -206,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
                 if args.multiscale_concurrency:
                     points.append(("multiscale+flip", args.multiscale_concurrency,
                                    ["--mode", "multiscale", "--flip", "--timeout", "300"]))
+                time.sleep(1.5)  # the thread names written once
+                pids = _children(proc.pid) if workers > 1 else [proc.pid]
                 for mode, c, extra in points:
                     runs.append({"workers": workers, "mode": mode,
-                                 **load_point(url, args.image, c, args.duration, extra, scratch)})
+                                 **load_point(url, args.image, c, args.duration, extra, scratch, pids)})
                     print(json.dumps(runs[-1]), flush=True)
             finally:
                 stop(proc)
