@@ -23,6 +23,8 @@ COMMANDS = {
     "bulk": "benchmarks.speed.bulk",
     "oip": "benchmarks.speed.oip",
     "large-image": "benchmarks.speed.large_image",
+    "feed-gpu": "benchmarks.speed.feed_gpu",
+    "served-sweep": "benchmarks.speed.served_sweep",
     "labels-output": "benchmarks.speed.labels_output",
     "png-levels": "benchmarks.speed.png_levels",
     "overload": "benchmarks.reliability.overload",

@@ -7,7 +7,11 @@
 #   python3 -m pip download --only-binary=:all: --implementation cp --python-version 3.12 \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl -r docker/requirements-gpu.txt pytest
-# (onnxruntime-gpu alone is about 256 MB). CUDA 13 and cuDNN 9 libraries must be there too: a CUDA
+# (onnxruntime-gpu alone is about 256 MB); for the 150-class model's export (the 12 MP photo), also
+#   python3 -m pip download --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#     -d .whl --index-url https://download.pytorch.org/whl/cpu torch && python3 -m pip download \
+#     --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .whl onnx onnxscript
+# (without them that part is left out). CUDA 13 and cuDNN 9 libraries must be there too: a CUDA
 # image's, or the nvidia-* pip packages (onnxruntime-gpu[cuda,cudnn], or PyTorch's) of the Python
 # used, whose lib folders this script puts on LD_LIBRARY_PATH. Then run `benchmarks/gpu_check.sh [WHEELS]`
 # from anywhere. It makes a venv ($PSPNET_GPU_VENV, default /tmp/pspnet-gpu-venv) from $PYTHON
@@ -16,10 +20,15 @@
 # on CUDA, runs the `gpu` tests (tests/service/engine/test_cuda_real.py, PSPNET_GPU_TESTS=1), and times
 # batches 1..16 (raw ORT, and the service's engine with IO binding fetching logits or labels only),
 # logits into a fresh against a reused host buffer (batches 4, 5, 8, 16),
-# and 1, 2 and 4 sessions, then serves it over HTTP on CUDA under `pspnet-serve bench` (whole at
-# concurrency 1 and 8, slide, multiscale; the image: $PSPNET_GPU_IMAGE, default a test fixture),
-# writing results.md, raw.json, served.json and tests.log into $PSPNET_GPU_RESULTS
-# (default benchmarks/results/gpu). A failing gpu test does not stop the sweep (its figures are what a
+# and 1, 2 and 4 sessions (the engine's ceilings), exports the 150-class PSPNet-50 where torch is
+# among the wheels, then serves over HTTP on CUDA under the load generator
+# (benchmarks/speed/served_sweep.py): with 1 worker and with N (what PSPNET_WORKERS=auto gives here),
+# the 360x480 image ($PSPNET_GPU_IMAGE, default the test fixture's photo resized) in whole mode at
+# concurrency 1, 8, 32 and 64 and multi-scale (6 scales) with flip at 8, nvidia-smi's utilisation and
+# memory sampled over each run, the load generator's CPU share; the 12 MP photo on the 150-class
+# model with its peak GPU memory; the targets of issue #26 as fractions of the ceilings. It writes
+# results.md, raw.json, served.json and tests.log into $PSPNET_GPU_RESULTS (default
+# benchmarks/results/gpu). About 6 minutes on an H200 with 16 cores (at most 8 is the aim). A failing gpu test does not stop the sweep (its figures are what a
 # failing bound must be judged against); the script still ends non-zero. Any other failure stops it
 # with a message and a non-zero status. Some minutes.
 set -euo pipefail
@@ -33,7 +42,7 @@ trap 'echo "gpu_check: FAILED at line $LINENO (exit $?)" >&2' ERR
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WHEELS=$(cd "${1:-$ROOT/.whl}" 2>/dev/null && pwd) || die "no wheels folder ${1:-$ROOT/.whl}"
 VENV=${PSPNET_GPU_VENV:-/tmp/pspnet-gpu-venv}
-RESULTS=${PSPNET_GPU_RESULTS:-$ROOT/benchmarks/gpu}
+RESULTS=${PSPNET_GPU_RESULTS:-$ROOT/benchmarks/results/gpu}
 case $VENV in /*) ;; *) VENV=$PWD/$VENV ;; esac  # relative to where it was called from
 case $RESULTS in /*) ;; *) RESULTS=$PWD/$RESULTS ;; esac
 PYTHON=$(command -v "${PYTHON:-python3}") || die "no ${PYTHON:-python3} on PATH"  # pip --python wants a path
@@ -292,53 +301,43 @@ lines += ["", "## CUDA vs CPU", "",
 (results / "results.md").write_text("\n".join(lines))
 print(f"wrote {results / 'results.md'} and {results / 'raw.json'}")
 EOF
-echo "== served over HTTP: the whole service on CUDA, under load"
-"$PY" - "$RESULTS" "${PSPNET_GPU_IMAGE:-tests/fixtures/reference/semseg_protocol/image.png}" <<'EOF'
-"""pspnet-serve on CUDA and `pspnet-serve bench` against it: what a request costs end to end."""
-import json
-import os
-import subprocess
+echo "== the 150-class model (exported here: needs torch, onnx and onnxscript among the wheels)"
+LARGE=()
+"$PYTHON" -m pip --python "$PY" install --disable-pip-version-check --no-index --find-links "$WHEELS" \
+    --only-binary=:all: torch onnx onnxscript >/dev/null 2>&1 || true
+if "$PY" -c 'import torch, onnx, onnxscript' 2>/dev/null; then
+    mkdir -p "$RESULTS/cache"
+    LARGE_MODEL=$("$PY" - "$RESULTS/cache" <<'EOF' | tail -1
 import sys
 from pathlib import Path
 
-import httpx
+from benchmarks.accuracy.stitch_agreement import _ade20k_model
 
-from benchmarks.load.localserver import free_port, stop, wait_ready
-
-results, image = Path(sys.argv[1]), sys.argv[2]
-port = free_port()
-url = f"http://127.0.0.1:{port}"
-server = subprocess.Popen([sys.executable, "-m", "service.cli", "--port", str(port)],
-                          env={**os.environ, "PSPNET_PROVIDER": "cuda"})
-runs = []
-try:
-    wait_ready(f"{url}/readyz", server, seconds=300)
-    ready = httpx.get(f"{url}/readyz").json()
-    if ready["provider"] != "CUDAExecutionProvider":
-        sys.exit(f"the server did not start on CUDA: {ready}")
-    for mode, concurrency in (("whole", 1), ("whole", 8), ("slide", 8), ("multiscale", 8)):
-        out = results / "served_run.json"
-        subprocess.run([sys.executable, "-m", "service.cli", "bench", "--url", url, "--image", image,
-                        "--concurrency", str(concurrency), "--duration", "10", "--mode", mode, "--multipart",
-                        "--server-pid", str(server.pid), "--json", str(out)], check=True)
-        runs.append({"mode": mode, "concurrency": concurrency, **json.loads(out.read_text())})
-        out.unlink()
-finally:
-    stop(server)
-(results / "served.json").write_text(json.dumps({"image": image, "readyz": ready, "runs": runs}, indent=1) + "\n")
-lines = ["", "## Served over HTTP", "",
-         f"`pspnet-serve` with PSPNET_PROVIDER=cuda, `pspnet-serve bench` on the same machine, {image} as a",
-         "multipart upload, colour PNG back, 10 s closed loop each (raw numbers: served.json).", "",
-         "| mode | concurrency | req/s | tiles/s | p50 ms | p99 ms | errors | server stages, mean ms |",
-         "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
-for r in runs:
-    lat, stages = r["latency_ms"], r.get("server_stage_mean_ms") or {}
-    lines.append(f"| {r['mode']} | {r['concurrency']} | {r['throughput_rps']} | {r['tiles_per_s']} | "
-                 f"{lat.get('p50')} | {lat.get('p99')} | {', '.join(f'{k}: {v}' for k, v in r['errors'].items()) or '-'} | "
-                 + ", ".join(f"{k} {v}" for k, v in stages.items()) + " |")
-with open(results / "results.md", "a") as f:
-    f.write("\n".join(lines) + "\n")
-print("\n".join(lines))
+print(_ade20k_model(Path(sys.argv[1])))
 EOF
+)
+    LARGE=(--large-model "$LARGE_MODEL")
+    echo "exported $LARGE_MODEL"
+else
+    echo "no torch, onnx or onnxscript wheels: the 12 MP photo on the 150-class model is left out"
+fi
+
+echo "== served over HTTP: 1 worker against N, on CUDA, under load"
+IMAGE=${PSPNET_GPU_IMAGE:-$RESULTS/image_360x480.png}
+[ -n "${PSPNET_GPU_IMAGE:-}" ] || "$PY" - "$IMAGE" <<'EOF'
+"""The test fixture's photo at CamVid's size, 360x480 (the size of the H200 figures' image)."""
+import sys
+
+from PIL import Image
+
+Image.open("tests/fixtures/reference/semseg_protocol/image.png").convert("RGB").resize(
+    (480, 360), Image.BILINEAR).save(sys.argv[1])
+EOF
+# N: what PSPNET_WORKERS=auto gives here with CUDA (the cores this process may use, at most 16)
+WORKERS=$("$PY" -c 'from service.workers.cores import MAX_AUTO_WORKERS, allowed_cores
+print(min(MAX_AUTO_WORKERS, allowed_cores()))')
+"$PY" -m benchmarks served-sweep --image "$IMAGE" --provider cuda --workers 1 "$WORKERS" \
+    --concurrency 1 8 32 64 --multiscale-concurrency 8 --duration 8 --ceilings "$RESULTS/raw.json" \
+    --json "$RESULTS/served.json" --md "$RESULTS/results.md" ${LARGE[@]+"${LARGE[@]}"}
 [ "$tests_ok" = 1 ] || die "the gpu tests did not all pass (above, and $RESULTS/tests.log); the sweep ran"
 echo "gpu_check: OK"

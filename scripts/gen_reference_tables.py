@@ -67,6 +67,11 @@ def _accepted_text(field: FieldInfo) -> str:
     if typing.get_origin(ann) is typing.Literal:
         return ", ".join(str(a) for a in args)
     if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union:
+        words = [a for a in args if typing.get_origin(a) is typing.Literal]
+        if words and len(args) == 2:  # a word or a number: "auto, or integer"
+            number = next(a for a in args if a not in words)
+            return ", ".join(str(w) for a in words for w in typing.get_args(a)) + ", or " + \
+                {int: "integer", float: "number"}.get(number, str(number))
         inner = [a for a in args if a is not type(None)]
         ann = inner[0] if len(inner) == 1 else ann
     if ann is bool:

@@ -8,6 +8,7 @@
     repository/  the models served: directory, runtimes, reload, state
     telemetry/   metrics, logs, traces
     api/         HTTP: /v1, /v2, health, admin, web, errors, OpenAPI
+    workers/     pspnet-serve --workers N: the supervisor of several server processes
     offline/     segment (local, Ray) and evaluate
     errors.py    domain errors and their RFC 9457 problem bodies
     settings.py  the PSPNET_* settings
@@ -16,7 +17,7 @@
 
 May import: in errors.py and settings.py, nothing of the repo (every package may import them);
 in describe.py, contract (and onnxruntime); in cli.py, the entry point, the packages it runs
-(contract, settings, telemetry at the top; repository, api, offline, describe and benchmarks.load
-inside their commands). Each package's __init__ says what it may import; tests/test_structure.py
-holds every import to it.
+(contract, settings, telemetry at the top; repository, api, workers, offline, describe and
+benchmarks.load inside their commands). Each package's __init__ says what it may import;
+tests/test_structure.py holds every import to it.
 """

@@ -1,6 +1,7 @@
 """``pspnet-serve``: run the server, or segment / evaluate / benchmark from the command line.
 
     pspnet-serve [--model PATH] [--host H] [--port P] [--max-batch N ...]   serve over HTTP
+    pspnet-serve --workers N ...  serve from N processes on one port (service/workers/supervisor.py)
     pspnet-serve segment INPUTS... --out DIR [--output ...] [--ray ...]   offline: files, folders, globs
     pspnet-serve evaluate --model X.onnx --images DIR --labels DIR        mIoU of an artifact
     pspnet-serve describe MODEL.onnx [--tile H W] [--force]   draft MODEL.json for any segmentation ONNX
@@ -12,11 +13,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
+from typing import TYPE_CHECKING
 
 from service.contract.version import VersionAction
-from service.settings import add_settings_flags, settings_from
+from service.settings import Settings, add_settings_flags, settings_from
 from service.telemetry import logs
+
+if TYPE_CHECKING:
+    from service.repository.workers import WorkerPlace
 
 COMMANDS = ("serve", "segment", "evaluate", "describe", "bench")
 
@@ -43,17 +50,35 @@ def serve(argv: list[str]) -> int:
         # logged, not printed: in json mode this line, too, is one a log pipeline can read
         logging.getLogger("pspnet.cli").error("cannot serve %s: %s", settings.model, e)
         return 2
+    from service.repository.workers import ENV, WorkerPlace
+
+    place = os.environ.get(ENV)
+    if place is not None:  # one worker of a supervisor (service/workers/supervisor.py)
+        return _run_app(settings, WorkerPlace.from_env(place))
+    from service.workers.cores import resolve_workers
+
+    count = resolve_workers(settings)
+    if count > 1:
+        from service.workers.supervisor import supervise
+
+        return supervise(settings, argv, count)
+    return _run_app(settings)
+
+
+def _run_app(settings: Settings, place: WorkerPlace | None = None) -> int:
+    """The app under uvicorn: on its own port, or as a worker on the supervisor's socket."""
     import uvicorn
 
     from service.api.app import create_app
+    from service.repository.workers import WorkerBoard
 
-    app = create_app(settings)
+    app = create_app(settings, board=None if place is None else WorkerBoard(place))
     # access_log off: the middleware writes the one access line per request (service/telemetry/logs.py)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
                             lifespan="on", log_config=logs.uvicorn_log_config(settings.log_format))
     server = uvicorn.Server(config)
-    server.run()
+    server.run(None if place is None else [socket.socket(fileno=place.fd)])
     # uvicorn returns normally when startup failed; make that an error exit
     return 0 if server.started else 3
 

@@ -62,7 +62,11 @@ class Settings(BaseSettings):
     ort_spin: bool = Field(False, description="let ONNX Runtime's CPU threads busy-wait between ops: "
                            "lower latency when the cores are the model's alone, less throughput under load")
     cpu_workers: int = Field(2, ge=1, le=64,
-                             description="threads for decode, resize, stitch and encode")
+                             description="threads for decode, resize, stitch and encode (in each worker)")
+    workers: int | Literal["auto"] = Field(
+        "auto", description="server processes, each with its own sessions, sharing one port, one "
+        "/metrics, one memory bound (1 to 64): auto = 1 on the CPU, with CUDA the cores this process "
+        "may use (affinity, cgroup quota), at most 16")
     max_batch: int = Field(4, ge=1, le=256, description="most tiles in one inference batch")
     max_wait_ms: float = Field(2.0, ge=0, le=1000,
                                description="how long a batch waits for more tiles after its first")
@@ -101,6 +105,13 @@ class Settings(BaseSettings):
         # turn auth on with an empty secret that "Authorization: Bearer " matches
         if v is not None and not v.get_secret_value().strip():
             raise ValueError("is set but empty; give a token, or unset it to turn auth off")
+        return v
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_in_range(cls, v: int | str) -> int | str:
+        if v != "auto" and not 1 <= int(v) <= 64:
+            raise ValueError("must be auto or a whole number from 1 to 64")
         return v
 
     @field_validator("model")

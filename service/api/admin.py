@@ -3,6 +3,9 @@
 Mounted only when ``PSPNET_AUTH_TOKEN`` is set, and it requires the token: an
 unauthenticated way to make the server load files would be an attack surface.
 
+With several workers the one that takes the request reloads, then has the supervisor send SIGHUP
+to every worker, so that all of them serve the same files.
+
 Tested by tests/service/repository/test_reload.py (the reload route, token only).
 """
 
@@ -25,6 +28,10 @@ def router() -> APIRouter:
     async def reload_models(request: Request) -> dict[str, Any]:
         """Re-read the repository: new and changed models are warmed up before they take traffic,
         removed ones drain; a broken file leaves its previous version serving."""
-        return (await reload(service_of(request))).json()
+        service = service_of(request)
+        report = await reload(service)
+        if service.board is not None:
+            service.board.ask_reload()
+        return report.json()
 
     return r

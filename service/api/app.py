@@ -13,13 +13,16 @@ the lifespan; each concern lives in its own module.
 The lifespan loads the repository (every model's engine and batcher), warms the
 models in the background (/readyz says 503 until all are warm), probes failing
 models every ``probe_interval_s``, re-reads the repository on SIGHUP, and drains
-everything on shutdown.
+everything on shutdown. As a worker of ``pspnet-serve --workers N`` (``board``) it also shares
+the metrics, statistics, memory bound and readiness with the other workers and publishes its
+state to them (service/repository/workers.py), and stops if the supervisor is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +42,7 @@ from service.contract.version import server_version
 from service.engine.admission import MemoryBudget
 from service.repository.reload import load_first, reload
 from service.repository.state import Service
+from service.repository.workers import WorkerBoard
 from service.settings import Settings
 from service.telemetry.metrics import Metrics
 from service.telemetry.spans import Tracing
@@ -48,13 +52,20 @@ log = logging.getLogger("pspnet.app")
 SERVER_VERSION = server_version()  # "0.1.0": the package's, as /v2 and the OpenAPI document say
 
 
-def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI:
-    """``tracing``: spans per request; None reads the OTEL_* variables (service/telemetry/tracing.py)."""
+#: how often a worker publishes its state to the others (seconds)
+PUBLISH_EVERY_S = 0.25
+
+
+def create_app(settings: Settings, *, tracing: Tracing | None = None,
+               board: WorkerBoard | None = None) -> FastAPI:
+    """``tracing``: spans per request; None reads the OTEL_* variables (service/telemetry/tracing.py).
+    ``board``: this process is one worker of several (service/repository/workers.py)."""
     tracing = from_environment() if tracing is None else tracing
-    metrics = Metrics()
-    service = Service(settings=settings, metrics=metrics, tracing=tracing,
+    metrics = Metrics(None if board is None else board.root / "metrics")
+    service = Service(settings=settings, metrics=metrics, tracing=tracing, board=board,
                       memory=MemoryBudget(settings.max_memory_mb * 2**20,
-                                          on_reject=lambda: metrics.on_reject("memory")))
+                                          on_reject=lambda: metrics.on_reject("memory"),
+                                          shared=None if board is None else board.memory))
 
     def background(coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
@@ -64,6 +75,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI
     async def warm_all() -> None:
         await asyncio.gather(*(rt.warm_up(settings) for rt in list(service.models.values())))
         service.loaded = True
+        service.publish()
         log.info("ready: %s", ", ".join(f"{rt.name} on {rt.engine.provider}"
                                         for rt in service.models.values()))
 
@@ -73,6 +85,18 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI
             for rt in list(service.models.values()):
                 if rt.health.failing and rt.accepting:
                     await rt.probe()
+
+    async def publish(board: WorkerBoard) -> None:
+        while True:
+            service.publish()
+            for rt in list(service.models.values()):  # this worker's share of the gauges
+                metrics.queue_tiles.labels(model=rt.name).set(rt.batcher.queue_depth)
+                metrics.ready.labels(model=rt.name).set(1 if rt.ready else 0)
+            if board.orphaned():
+                log.error("the supervisor is gone: stopping")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            await asyncio.sleep(PUBLISH_EVERY_S)
 
     async def reload_logged() -> None:
         try:
@@ -87,6 +111,8 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI
         await load_first(service)
         background(warm_all())
         background(probe_failing())
+        if board is not None:
+            background(publish(board))
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGHUP, lambda: background(reload_logged()))

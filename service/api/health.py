@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.api.openapi import Readiness, problems
 from service.api.problems import problem_response
@@ -51,6 +51,6 @@ def router() -> APIRouter:
         for rt in service.models.values():  # gauges read at scrape time
             metrics.queue_tiles.labels(model=rt.name).set(rt.batcher.queue_depth)
             metrics.ready.labels(model=rt.name).set(1 if rt.ready else 0)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return r

@@ -127,9 +127,18 @@ class ModelReadiness(BaseModel):
     provider: str
 
 
+class WorkerReadiness(BaseModel):
+    slot: int
+    pid: int | None = Field(description="null while the slot's worker is being replaced")
+    ready: bool
+    models: list[str] = Field(description="the model versions it serves (name@digest of the file)")
+    requests: int = Field(description="requests this worker answered")
+
+
 class Readiness(BaseModel):
     """Ready when every model is; provider, fallback_reason, model and warmup_seconds are the
-    default model's."""
+    default model's. ``workers`` (only with --workers N): every worker process; the server is
+    ready when every worker not being replaced is, serving the same model versions."""
 
     ready: bool
     provider: str | None
@@ -137,6 +146,7 @@ class Readiness(BaseModel):
     model: str | None
     warmup_seconds: float | None
     models: list[ModelReadiness]
+    workers: list[WorkerReadiness] | None = None
 
 
 class RepositoryIndexEntry(BaseModel):

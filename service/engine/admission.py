@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from service.engine.held import SharedHeld
 from service.errors import DeadlineExceeded, Overloaded, PayloadTooLarge, ServiceError
 
 #: Retry-After bounds, seconds: never "0" (clients would hammer), never absurdly far.
@@ -124,12 +125,17 @@ def room_now(load: QueueLoad) -> Refusal | None:
 
 @dataclass
 class MemoryBudget:
-    """Bytes reserved by the requests in flight, against a limit (single-threaded: the event loop)."""
+    """Bytes reserved by the requests in flight, against a limit (single-threaded: the event loop).
+
+    ``shared``: the slots of every worker of a ``--workers N`` server (service/engine/held.py): the
+    limit is then the whole server's, checked and reserved under the slots file's lock.
+    """
 
     limit: int
     on_reject: Callable[[], None] | None = None  # e.g. count the refusal under reason "memory"
-    in_flight: int = 0
+    in_flight: int = 0  # this process's reservations
     requests: int = 0
+    shared: SharedHeld | None = None
 
     def check(self, need: int, *, retry_after: int = 1) -> None:
         """413 if ``need`` alone can never fit; 503 if it does not fit beside what is in flight now.
@@ -137,20 +143,30 @@ class MemoryBudget:
         ``retry_after``: the 503's Retry-After, which the caller takes from the model's queue
         (:func:`service.engine.admission.retry_after_seconds`, the one rule of every overload 503).
         """
-        if (need > self.limit or self.in_flight + need > self.limit) and self.on_reject is not None:
+        held = self.in_flight if self.shared is None else self.shared.total()
+        self._check(need, held, retry_after)
+
+    def _check(self, need: int, held: int, retry_after: int) -> None:
+        if (need > self.limit or held + need > self.limit) and self.on_reject is not None:
             self.on_reject()
         if need > self.limit:
             raise PayloadTooLarge(
                 f"this request needs about {_mb(need)} MB of memory; the server allows {_mb(self.limit)} MB "
                 f"(PSPNET_MAX_MEMORY_MB): send a smaller image or use fewer scales")
-        if self.in_flight + need > self.limit:
-            raise Overloaded(f"{_mb(self.in_flight)} MB of {_mb(self.limit)} MB are held by requests in "
+        if held + need > self.limit:
+            raise Overloaded(f"{_mb(held)} MB of {_mb(self.limit)} MB are held by requests in "
                              f"flight; this one needs {_mb(need)} MB", retry_after=retry_after)
 
     @contextlib.contextmanager
     def reserve(self, need: int, *, retry_after: int = 1) -> Iterator[None]:
         """Hold ``need`` bytes for the block; refused as :meth:`check` says."""
-        self.check(need, retry_after=retry_after)
+        shared = self.shared
+        if shared is None:
+            self._check(need, self.in_flight, retry_after)
+        else:
+            with shared.locked() as slots:  # checked and taken at once: no other worker in between
+                self._check(need, int(slots.sum()), retry_after)
+                slots[shared.slot] += need
         self.in_flight += need
         self.requests += 1
         try:
@@ -158,6 +174,9 @@ class MemoryBudget:
         finally:
             self.in_flight -= need
             self.requests -= 1
+            if shared is not None:
+                with shared.locked() as slots:
+                    slots[shared.slot] -= need
 
 
 def _mb(n: int) -> int:

@@ -35,7 +35,7 @@ class ReloadReport:
 
 
 async def _load(entry: ModelEntry, service: Service, *, warm: bool) -> ModelRuntime:
-    rt = await start_model(entry, service.settings, service.metrics)
+    rt = await start_model(entry, service.settings, service.metrics, service.board)
     if warm:
         try:
             await rt.warm_up(service.settings)
@@ -125,6 +125,7 @@ async def reload(service: Service) -> ReloadReport:
         retired = [rt for rt in current.values() if all(rt is not m for m in models.values())]
         service.models, service.unavailable = models, unavailable
         service.default = wanted if wanted in models else (next(iter(models)) if len(models) == 1 else None)
+        service.publish()  # the other workers compare model versions: never let them read stale ones
         for rt in retired:
             if rt.name not in models:
                 report.removed.append(rt.name)

@@ -25,6 +25,7 @@ from service.engine.batcher import TileBatcher
 from service.engine.sessions import Engine
 from service.repository.directory import ModelEntry
 from service.repository.stats import ModelStats
+from service.repository.workers import WorkerBoard, version_key
 from service.settings import Settings
 from service.telemetry.metrics import Metrics
 
@@ -89,6 +90,12 @@ class ModelRuntime:
         return self.entry.name
 
     @property
+    def version(self) -> str:
+        """This version of the model: its name and file (what a reload compares)."""
+        i = self.identity
+        return version_key(self.name, i.path, i.size, i.mtime_ns)
+
+    @property
     def meta(self) -> ArtifactMeta:
         return self.engine.meta
 
@@ -149,15 +156,18 @@ class ModelRuntime:
         await self.batcher.stop(drain=drain)
 
 
-async def start_model(entry: ModelEntry, settings: Settings, metrics: Metrics) -> ModelRuntime:
-    """Load ``entry``'s engine (in a thread) and start its batcher; warm-up is the caller's next step."""
+async def start_model(entry: ModelEntry, settings: Settings, metrics: Metrics,
+                      board: WorkerBoard | None = None) -> ModelRuntime:
+    """Load ``entry``'s engine (in a thread) and start its batcher; warm-up is the caller's next step.
+    ``board``: with several workers, the statistics are this worker's row of the version's folder."""
     identity = FileIdentity.of(entry.path)
     engine = await asyncio.to_thread(
         Engine, entry.path, provider=settings.provider, intra_op_threads=settings.intra_op_threads,
         inter_op_threads=settings.inter_op_threads, max_batch=settings.max_batch, spin=settings.ort_spin,
         sessions=settings.sessions)
     health = ModelHealth(settings.max_consecutive_failures)
-    stats = ModelStats()
+    stats = ModelStats(None if board is None else board.stats_folder(
+        version_key(entry.name, identity.path, identity.size, identity.mtime_ns)))
 
     def on_batch(size: int, seconds: float) -> None:
         health.succeeded()

@@ -3,7 +3,9 @@ resources they share (metrics, the CPU executor, the memory budget, tracing).
 
 Readiness is Triton's strict one: the service is ready when every model is. It is
 live unless every model is failing (a CUDA sticky error never recovers in-process:
-failing liveness is how Kubernetes restarts the pod).
+failing liveness is how Kubernetes restarts the pod). With several workers (``board``) the
+server is ready when this worker is and every other counted worker is too, with the same model
+versions (service/repository/workers.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from service.engine.admission import MemoryBudget
 from service.errors import BadRequest, NotFound, NotReady
 from service.repository.directory import ModelEntry
 from service.repository.runtime import ModelRuntime
+from service.repository.workers import WorkerBoard
 from service.settings import Settings
 from service.telemetry.metrics import Metrics
 from service.telemetry.spans import Tracing
@@ -40,6 +43,7 @@ class Service:
     loaded: bool = False  # the repository's first load finished (every model warmed or failed)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    board: WorkerBoard | None = None  # the shared folder of a --workers N server; None: one process
 
     # -- lookups ---------------------------------------------------------------------------------
 
@@ -69,8 +73,24 @@ class Service:
     # -- health ----------------------------------------------------------------------------------
 
     @property
-    def ready(self) -> bool:
+    def ready_here(self) -> bool:
+        """This process: loaded, and every model ready."""
         return self.loaded and bool(self.models) and all(rt.ready for rt in self.models.values())
+
+    @property
+    def ready(self) -> bool:
+        """The server: this process, and with several workers every other one counted."""
+        return self.ready_here and (self.board is None or self.board.peers_not_ready(self.versions()) is None)
+
+    def publish(self) -> None:
+        """With several workers, tell the others this process's state now (else they learn it
+        within service.api.app.PUBLISH_EVERY_S)."""
+        if self.board is not None:
+            self.board.publish(ready=self.ready_here, models=self.versions())
+
+    def versions(self) -> list[str]:
+        """The model versions this process serves (service.repository.workers.version_key)."""
+        return [rt.version for rt in self.models.values()]
 
     @property
     def live(self) -> bool:
@@ -80,12 +100,16 @@ class Service:
         """Why the service is not ready: each model's reason, or "loading" before any model is."""
         reasons = "; ".join(f"{rt.name}: {reason}" for rt in self.models.values()
                             if (reason := rt.not_ready_reason()) is not None)
+        if not reasons and self.ready_here and self.board is not None:
+            reasons = self.board.peers_not_ready(self.versions()) or ""
         return reasons or "loading"
 
     def readiness(self) -> dict[str, Any]:
         """The body of /readyz: overall, the default model's fields (as before the repository),
         and every model's state."""
         default = self.models.get(self.default) if self.default is not None else None
+        workers = {} if self.board is None else {"workers": self.board.workers(ready_here=self.ready_here,
+                                                                      models=self.versions())}
         return {
             "ready": self.ready,
             "provider": default.engine.provider if default else None,
@@ -94,6 +118,7 @@ class Service:
             "warmup_seconds": default.warmup_seconds if default else None,
             "models": [{"name": rt.name, "ready": rt.ready, "reason": rt.not_ready_reason(),
                         "provider": rt.engine.provider} for rt in self.models.values()],
+            **workers,
         }
 
     # -- /v1/models ------------------------------------------------------------------------------

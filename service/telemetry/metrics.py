@@ -1,5 +1,11 @@
 """Prometheus metrics, all ``pspnet_*``, in a registry built per app (never at import).
 
+With ``pspnet-serve --workers N`` (``shared``: the folder of ``PROMETHEUS_MULTIPROC_DIR``) every
+worker writes its series to files there and any worker's ``/metrics`` renders all of them added up:
+counters and histograms summed over every process that ever ran (a dead worker's requests stay
+counted), gauges over the live ones (in flight and queued tiles summed, ready the lowest, model info
+the highest), plus the supervisor's figures (telemetry/workers.py).
+
 Every series about a model carries a ``model`` label (its metadata name); for a
 request that names no model (health, metrics, an unknown path) it is empty.
 Each model's batcher reports through its own :class:`ModelObserver`.
@@ -12,8 +18,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from .workers import SupervisorCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
@@ -23,17 +33,24 @@ STAGES = ("decode", "plan", "queue", "inference", "stitch", "encode")
 class Metrics:
     """Every metric the service exports."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: Path | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.shared = shared
+        self._everyone: CollectorRegistry | None = None  # what /metrics renders with several workers
+        if shared is not None:
+            self._everyone = CollectorRegistry()
+            MultiProcessCollector(self._everyone, path=str(shared))  # type: ignore[no-untyped-call]
+            self._everyone.register(SupervisorCollector(shared))
         self.requests = Counter("pspnet_requests_total",
                                 "HTTP requests by route template, method, status and model",
                                 ["route", "method", "status", "model"], registry=r)
         self.latency = Histogram("pspnet_request_duration_seconds", "HTTP request latency by route and model",
                                  ["route", "model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.in_flight = Gauge("pspnet_requests_in_flight", "HTTP requests being served", registry=r)
+        self.in_flight = Gauge("pspnet_requests_in_flight", "HTTP requests being served", registry=r,
+                               multiprocess_mode="livesum")
         self.queue_tiles = Gauge("pspnet_queue_tiles", "tiles waiting in a model's batch queue", ["model"],
-                                 registry=r)
+                                 registry=r, multiprocess_mode="livesum")
         self.batch_size = Histogram("pspnet_batch_size_tiles", "tiles per inference batch", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.inference = Histogram("pspnet_inference_duration_seconds", "ONNX Runtime time per batch",
@@ -51,14 +68,19 @@ class Metrics:
                                      "queued tiles dropped before running, by reason", ["reason", "model"],
                                      registry=r)
         self.ready = Gauge("pspnet_ready", "1 when the model is loaded, warmed up and not failing", ["model"],
-                           registry=r)
+                           registry=r, multiprocess_mode="livemin")
         self.model_info = Gauge("pspnet_model_info", "a served model (value 1)",
-                                ["model", "dataset", "provider", "tile", "classes"], registry=r)
+                                ["model", "dataset", "provider", "tile", "classes"], registry=r,
+                                multiprocess_mode="livemax")
         self._info: dict[str, tuple[str, ...]] = {}  # model -> its model_info labels
 
     def set_model_info(self, model: str, *, dataset: str, provider: str, tile: str, classes: str) -> None:
         self._info[model] = (model, dataset, provider, tile, classes)
         self.model_info.labels(*self._info[model]).set(1)
+
+    def render(self) -> bytes:
+        """The Prometheus text of ``/metrics``: this registry, or with several workers every one's."""
+        return generate_latest(self.registry if self._everyone is None else self._everyone)
 
     def on_reject(self, reason: str, model: str = "") -> None:
         self.rejections.labels(reason=reason, model=model).inc()
@@ -76,7 +98,15 @@ class Metrics:
         return ModelObserver(self, name, on_batch, on_failure)
 
     def forget_model(self, name: str) -> None:
-        """Drop the gauges of a model no longer served (counters and histograms keep their totals)."""
+        """Drop the gauges of a model no longer served (counters and histograms keep their totals).
+        Several workers' files cannot drop a series: its gauges read 0 there instead."""
+        if self.shared is not None:
+            self.queue_tiles.labels(model=name).set(0)
+            self.ready.labels(model=name).set(0)
+            info = self._info.pop(name, None)
+            if info is not None:
+                self.model_info.labels(*info).set(0)
+            return
         for gauge in (self.queue_tiles, self.ready):
             with contextlib.suppress(KeyError):  # never set for this model
                 gauge.remove(name)

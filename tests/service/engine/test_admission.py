@@ -9,12 +9,16 @@ refusal carries them.
 from __future__ import annotations
 
 import math
+import multiprocessing
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service.engine.admission import (
     MAX_RETRY_AFTER,
     MIN_RETRY_AFTER,
+    MemoryBudget,
     QueueLoad,
     Refusal,
     admit,
@@ -22,7 +26,10 @@ from service.engine.admission import (
     room_now,
     room_refusal,
 )
+from service.engine.held import SharedHeld
 from service.errors import DeadlineExceeded, Overloaded, PayloadTooLarge
+
+MB = 2**20
 
 
 def load(queued: int = 0, *, tiles: int = 20, delay: float = math.inf, per_tile: float | None = None,
@@ -150,3 +157,48 @@ def test_every_503_under_one_queue_says_the_same_retry_after() -> None:
                 admit(slow, 1, now=0.0, deadline=100.0), room_now(slow)]
     said = [refused(r, "overloaded", Overloaded).error.retry_after for r in refusals]
     assert said == [6] * 4 == [retry_after_seconds(19, 0.3)] * 4
+
+
+# ---------------------------------------------------------------- one budget over several processes
+
+
+def _hold_in_another_process(path: str, slot: int, need: int, held: Any, release: Any) -> None:
+    budget = MemoryBudget(100 * MB, shared=SharedHeld(Path(path), slot))
+    with budget.reserve(need):
+        held.set()
+        release.wait(30)
+
+
+def test_the_memory_budget_is_the_whole_servers(tmp_path: Path) -> None:
+    """Two processes, one slots file: what one holds, the other cannot take (service/engine/held.py)."""
+    SharedHeld.create(tmp_path / "memory.bin", 2)
+    mine = MemoryBudget(100 * MB, shared=SharedHeld(tmp_path / "memory.bin", 0))
+    ctx = multiprocessing.get_context("fork")
+    held, release = ctx.Event(), ctx.Event()
+    other = ctx.Process(target=_hold_in_another_process, args=(str(tmp_path / "memory.bin"), 1, 60 * MB,
+                                                               held, release))
+    other.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(Overloaded, match="60 MB of 100 MB"), mine.reserve(50 * MB):
+            pass
+        with mine.reserve(40 * MB):  # what is left fits
+            assert SharedHeld(tmp_path / "memory.bin").total() == 100 * MB
+    finally:
+        release.set()
+        other.join(30)
+    assert other.exitcode == 0
+    assert SharedHeld(tmp_path / "memory.bin").total() == 0  # both released
+    with mine.reserve(100 * MB):
+        pass
+
+
+def test_a_dead_workers_slot_is_cleared(tmp_path: Path) -> None:
+    held = SharedHeld.create(tmp_path / "memory.bin", 3)
+    budget = MemoryBudget(10 * MB, shared=SharedHeld(tmp_path / "memory.bin", 2))
+    with budget.reserve(8 * MB):
+        assert held.total() == 8 * MB
+        held.clear(2)  # the supervisor's, after that worker died holding it
+        assert held.total() == 0
+        with pytest.raises(ValueError, match="slot 3 of 3"):
+            SharedHeld(tmp_path / "memory.bin", 3)
