@@ -68,9 +68,8 @@ def memory_need(call: Call, images: Sequence[Upload] | np.ndarray, params: Infer
     return sum(upload_cost(meta, u.data, params, output, soft=soft) or 0 for u in images)
 
 
-def check_output_size(call: Call, images: Sequence[Upload] | np.ndarray, soft: Soft | None,
-                      name: str) -> None:
-    """413 before decoding when the soft output ``name`` of these images would exceed
+def check_output_size(call: Call, images: Sequence[Upload] | np.ndarray, soft: Soft | None) -> None:
+    """413 before decoding when the soft output of these images would exceed
     ``PSPNET_MAX_OUTPUT_MB``, saying what would fit."""
     if soft is None:
         return
@@ -88,7 +87,7 @@ def check_output_size(call: Call, images: Sequence[Upload] | np.ndarray, soft: S
     cheaper = ("output=confidence or output=probability&class=NAME (4 bytes a pixel)"
                if soft.kind == "probabilities" else "output=color or output=label")
     raise PayloadTooLarge(
-        f"{name} of {classes} classes here is {-(-total // 2**20)} MB; the server sends at most "
+        f"{soft.kind} of {classes} classes here is {-(-total // 2**20)} MB; the server sends at most "
         f"{call.service.settings.max_output_mb} MB (PSPNET_MAX_OUTPUT_MB): images of at most {fits:,} "
         f"pixels fit, or ask for {cheaper}")
 
@@ -101,7 +100,7 @@ async def infer(call: Call, images: Sequence[Upload] | np.ndarray, params: Infer
     they run; a stage already in a thread finishes)."""
     service, rt = call.service, call.rt
     rt.batcher.check_room()  # refuse before decoding what could not be queued anyway
-    check_output_size(call, images, soft, output)
+    check_output_size(call, images, soft)
     need = memory_need(call, images, params, output, soft)
     with service.memory.reserve(need, retry_after=rt.batcher.retry_after()):
         job = asyncio.ensure_future(_accounted_run(call, images, params, encode, soft))

@@ -173,7 +173,8 @@ class Chain:
         """
         timings = Timings() if timings is None else timings
         outputs = runner.outputs if soft is None else tuple(o for o in runner.outputs if o != LABELS_NAME)
-        work = await _in(cpu, timings, "plan", prepare, self.meta, rgb, params, outputs)
+        with timings.stage("plan"):  # window geometry from sizes alone: no thread hop for it
+            work = prepare(self.meta, rgb, params, outputs)
         if work.window is not None:
             tiles = await _in(cpu, timings, "plan", work.tiles, work.geometry[0])
             with timings.stage("batch"):
@@ -192,7 +193,8 @@ class Chain:
                 await _in(cpu, timings, "stitch", stitcher.add, rows, geom.first + a)
                 del rows  # before the next chunk's arrive: one chunk of logits alive
             del tiles
-            await _in(cpu, timings, "stitch", stitcher.fold)  # without a chunk's logits beside it
+            if stitcher.route != "lone":  # one window has nothing to fold
+                await _in(cpu, timings, "stitch", stitcher.fold)  # without a chunk's logits beside it
         labels = await _in(cpu, timings, "stitch", stitcher.labels)
         values = None if soft is None else await _in(cpu, timings, "stitch", stitcher.soft, soft, labels)
         return labels, values, work.num_tiles

@@ -125,6 +125,7 @@ class Stitcher:
         self._scale = 0
         self._building: ScaleSum | None = None
         self._lone: NDArray[np.float32] | None = None
+        self._lone_values: NDArray[np.float32] | None = None  # its probabilities, once computed
         self._total: NDArray[np.float64] | None = None  # the full-size route's (classes, H, W) sum
         self._sources: list[Source] = []  # the bounded route's scales
         self._divided = False  # the full-size sum divided by the scale count (labels() does it once)
@@ -209,10 +210,14 @@ class Stitcher:
         return argmax_classes(self._total, dtype)
 
     def _lone_probs(self) -> NDArray[np.float32]:
-        assert self._lone is not None
-        geom = self.geometry[0]
-        (top, left), (h, w) = geom.pad, geom.size
-        return window_probs(self._lone, 0, geom.flip)[:, top:top + h, left:left + w]
+        """The one window's probabilities, cropped to the image (computed once: labels, then soft)."""
+        if self._lone_values is None:
+            assert self._lone is not None
+            geom = self.geometry[0]
+            (top, left), (h, w) = geom.pad, geom.size
+            self._lone_values = window_probs(self._lone, 0, geom.flip)[:, top:top + h, left:left + w]
+            self._lone = None  # the logits are not needed again
+        return self._lone_values
 
     def soft(self, request: Soft, labels: Labels) -> NDArray[np.floating]:
         """The soft output ``request`` of the image, after :meth:`labels` gave ``labels``."""

@@ -119,9 +119,8 @@ def dense(sources: Sequence[Source], labels: Labels, start: int, stop: int) -> N
         labels[y0:min(y0 + band, stop)] = _dense_band(passes, y0, min(y0 + band, stop), labels.dtype.type)
 
 
-def _dense_band(passes: Sequence[RowPass], y0: int, y1: int,
-                dtype: type[np.uint8] | type[np.uint16]) -> Labels:
-    """Labels of image rows [y0, y1) from the official mean of every scale's interpolated values."""
+def _band_mean(passes: Sequence[RowPass], y0: int, y1: int) -> NDArray[np.float64]:
+    """The official mean of every scale's interpolated values, (C, y1 - y0, W), for image rows [y0, y1)."""
     total, is_view = _band_values(passes[0], y0, y1)
     if len(passes) > 1:
         if is_view:  # the sum below is in place: never into the source itself
@@ -129,25 +128,24 @@ def _dense_band(passes: Sequence[RowPass], y0: int, y1: int,
         for rows_pass in passes[1:]:
             total += _band_values(rows_pass, y0, y1)[0]
         total /= len(passes)
-    return argmax_classes(total, dtype)
+    return total
 
 
-def dense_values(sources: Sequence[Source], out: NDArray[np.floating], start: int = 0) -> None:
-    """Every class's value at every pixel of rows [start, start + out.shape[1]), written into ``out``
-    (C, rows, W) in its dtype (float16 for the probabilities a client asked for), a few rows at a time."""
+def _dense_band(passes: Sequence[RowPass], y0: int, y1: int,
+                dtype: type[np.uint8] | type[np.uint16]) -> Labels:
+    """Labels of image rows [y0, y1) from the official mean of every scale's interpolated values."""
+    return argmax_classes(_band_mean(passes, y0, y1), dtype)
+
+
+def dense_values(sources: Sequence[Source], out: NDArray[np.floating]) -> None:
+    """Every class's value at every pixel, written into ``out`` (C, H, W) in its dtype (float16 for
+    the probabilities a client asked for), a few rows at a time."""
     classes, height, width = out.shape
     band = max(1, DENSE_VALUES // (classes * width))
     passes = [RowPass(src) for src in sources]
-    for y0 in range(start, start + height, band):
-        y1 = min(y0 + band, start + height)
-        total, is_view = _band_values(passes[0], y0, y1)
-        if len(passes) > 1:
-            if is_view:
-                total = total.copy()
-            for rows_pass in passes[1:]:
-                total += _band_values(rows_pass, y0, y1)[0]
-            total /= len(passes)
-        out[:, y0 - start:y1 - start] = total
+    for y0 in range(0, height, band):
+        y1 = min(y0 + band, height)
+        out[:, y0:y1] = _band_mean(passes, y0, y1)
 
 
 def pixel_values(sources: Sequence[Source], classes: NDArray[np.intp], shape: tuple[int, int],
