@@ -61,6 +61,13 @@ class Settings(BaseSettings):
                           "intra-op threads 0 then gives each cores // sessions threads")
     ort_spin: bool = Field(False, description="let ONNX Runtime's CPU threads busy-wait between ops: "
                            "lower latency when the cores are the model's alone, less throughput under load")
+    device_stitch: Literal["auto", "on", "off"] = Field(
+        "auto", description="stitch on the device the batches ran on (softmax, window sums, resize, argmax "
+        "in float32; logits never come to the host): auto = with CUDA; on = also on the CPU; off = the "
+        "exact float64 stitch on the host")
+    device_stitch_mb: int = Field(
+        2048, ge=0, description="device memory the stitches of each worker may hold at once; a request "
+        "that does not fit now is stitched on the host")
     cpu_workers: int = Field(2, ge=1, le=64,
                              description="threads for decode, resize, stitch and encode (in each worker)")
     workers: int | Literal["auto"] = Field(

@@ -120,7 +120,7 @@ async def _accounted_run(call: Call, images: Sequence[Upload] | np.ndarray, para
                          encode: Encode[T], soft: Soft | None) -> Segmented[T]:
     service, rt = call.service, call.rt
     settings = service.settings
-    chain = Chain(rt.meta, DecodeLimits(settings.max_body_bytes, settings.max_pixels))
+    chain = Chain(rt.meta, DecodeLimits(settings.max_body_bytes, settings.max_pixels), device=rt.device)
     assert service.executor is not None
     async with _accounted(call, images=len(images)) as timings, asyncio.timeout_at(call.deadline):
         return await chain.segment(images, params, encode, runner=rt.batcher, cpu=service.executor,

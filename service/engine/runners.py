@@ -2,7 +2,8 @@
 
 A batch is a list of parts, each a slice of one pending request's tiles; :func:`run_batch`
 gathers them, runs them through one runner, checks what came back and scatters each request's
-rows of its output. It runs in the runner's own thread; the queue that forms the batches is
+rows of its output (numpy rows, or :class:`~service.engine.device_kit.DeviceRows` of logits left on the
+device). It runs in the runner's own thread; the queue that forms the batches is
 :mod:`service.engine.batcher`'s.
 """
 
@@ -15,11 +16,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import numpy.typing as npt
 
 from service.contract.artifact import OUTPUT_NAME, Tiles
+from service.engine.device_kit import DeviceBatch
 
-Rows = npt.NDArray[Any]  # one output's rows: float32 logits, uint8/uint16 labels
+Rows = Any  # one output's rows: float32 logits, uint8/uint16 labels (numpy), or DeviceRows
 
 
 LogitsFn = Callable[[Tiles], Tiles]  # a plain tiles -> logits function
@@ -92,7 +93,8 @@ def run_batch(runner: OutputRunner, names: tuple[str, ...], parts: Sequence[Part
         raise RuntimeError(f"runner returned {type(out).__name__}, not a mapping of outputs")
     for name in names:
         got = out.get(name)
-        if not isinstance(got, np.ndarray) or got.ndim < 1 or len(got) != len(batch):
+        rows_like = (isinstance(got, np.ndarray) and got.ndim >= 1) or isinstance(got, DeviceBatch)
+        if got is None or not rows_like or len(got) != len(batch):
             raise RuntimeError(f"runner returned {getattr(got, 'shape', type(got))} as {name!r} "
                                f"for {len(batch)} tiles")
     offset = 0
@@ -106,7 +108,8 @@ def run_batch(runner: OutputRunner, names: tuple[str, ...], parts: Sequence[Part
             continue
         with out_lock:
             if r.out is None:
-                r.out = np.empty((r.total, *rows.shape[1:]), dtype=rows.dtype)
+                r.out = (np.empty((r.total, *rows.shape[1:]), dtype=rows.dtype)
+                         if isinstance(rows, np.ndarray) else rows.empty(r.total))
             dest = r.out
         dest[a:b] = rows
     return seconds

@@ -31,10 +31,7 @@ is read back from the session after creation, never taken from the request.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
-import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -50,11 +47,15 @@ import onnxruntime as ort
 from service.contract.artifact import INPUT_NAME, LABELS_NAME, OUTPUT_NAME, ArtifactError, Tiles, label_dtype
 from service.contract.description import ARTIFACT_CALL, read_description
 from service.engine.adapt import GraphAdapter
+from service.engine.device_kit import DEVICE_LOGITS, DeviceBatch, DeviceKit
 from service.engine.isa import cpu_flags, int8_warning
+from service.engine.options import cuda_driver_error, cuda_options, intra_op_threads_for, session_options
 
 log = logging.getLogger("service.engine")  # the name log lines had
 
 ProviderChoice = Literal["auto", "cuda", "cpu"]
+#: whether batches may leave their logits on the device for the stitch graphs: "auto" on CUDA only
+DeviceStitchChoice = Literal["auto", "on", "off"]
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 #: the outputs of the artifact contract the engine can fetch, in the order it lists them
@@ -62,82 +63,6 @@ KNOWN_OUTPUTS = (OUTPUT_NAME, LABELS_NAME)
 #: numpy dtype of each ONNX Runtime tensor type an output of the contract may have
 _ORT_DTYPES: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16}
-
-
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one; not a cgroup quota)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def intra_op_threads_for(setting: int, sessions: int, cores: int | None = None) -> int:
-    """Intra-op threads for each of ``sessions`` sessions; ``0`` is ONNX Runtime's own default.
-
-    A positive ``setting`` is taken as it is (per session). ``0`` (auto) keeps ORT's default, one
-    thread per physical core, when there is one session, and gives each of several sessions
-    ``cores // sessions`` threads (at least 1), so that together they do not oversubscribe the cores.
-    """
-    if setting < 0 or sessions < 1:
-        raise ValueError(f"need intra-op threads >= 0 and sessions >= 1, not {setting} and {sessions}")
-    if setting > 0 or sessions == 1:
-        return setting
-    return max(1, (cores if cores is not None else usable_cores()) // sessions)
-
-
-def cuda_driver_error() -> str | None:
-    """Why the NVIDIA driver's ``libcuda.so.1`` does not load, or None (it does, or not Linux).
-
-    The CUDA provider links it; every other CUDA library comes with the install (the GPU image's
-    wheels), this one only with a GPU: the host's driver, mounted by the NVIDIA Container Toolkit.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError as e:
-        return str(e)
-    return None
-
-
-def cuda_options(device_id: int) -> dict[str, str]:
-    """CUDA provider options. Values are strings: ORT parses them itself."""
-    return {
-        "device_id": str(device_id),
-        # Exhaustive search benchmarks every conv algorithm for every new input shape, i.e.
-        # once per batch size: seconds of warm-up each and a memory spike. The heuristic pick
-        # costs nothing and every shape is fixed anyway.
-        "cudnn_conv_algo_search": "HEURISTIC",
-        # Host<->device copies on the compute stream: they are ordered with the kernels, so IO
-        # binding needs no extra synchronisation.
-        "do_copy_in_default_stream": "1",
-        # Let cuDNN use as much workspace as the fastest algorithm wants.
-        "cudnn_conv_use_max_workspace": "1",
-    }
-
-
-def session_options(intra_op_threads: int, inter_op_threads: int, *,
-                    spin: bool = False) -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if intra_op_threads > 0:  # 0 keeps ORT's default: one thread per physical core
-        so.intra_op_num_threads = intra_op_threads
-    # ORT's intra-op threads busy-wait for work by default. In a server they share the
-    # cores with decode, stitch, encode and HTTP, and a thread spinning between (or after)
-    # runs takes the CPU those need; a preempted peer makes it spin longer still. Measured
-    # on the 2-core benchmark machine, default CamVid model, mode=whole (BENCHMARKS.md):
-    # without spinning the server used 240-264 ms of CPU per request instead of 248-335,
-    # and p99 at concurrency 1 was 167-204 ms instead of 240-280.
-    if not spin:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if inter_op_threads > 0:
-        so.inter_op_num_threads = inter_op_threads
-    # Independent branches (the four pyramid-pooling bins) can only run concurrently in
-    # parallel mode; asking for more than one inter-op thread means asking for that.
-    so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if inter_op_threads > 1
-                         else ort.ExecutionMode.ORT_SEQUENTIAL)
-    return so
 
 
 #: on CPU, a batch whose outputs exceed this lands in buffers of ours rather than ONNX Runtime's
@@ -160,7 +85,7 @@ class Engine:
 
     def __init__(self, path: Path, *, provider: ProviderChoice = "auto", intra_op_threads: int = 0,
                  inter_op_threads: int = 0, max_batch: int = 8, device_id: int = 0,
-                 spin: bool = False, sessions: int = 1) -> None:
+                 spin: bool = False, sessions: int = 1, device_stitch: DeviceStitchChoice = "off") -> None:
         if provider not in ("auto", "cuda", "cpu"):
             raise ValueError(f"provider must be auto, cuda or cpu, not {provider!r}")
         if max_batch < 1:
@@ -206,12 +131,36 @@ class Engine:
             made.append(s)
         self._sessions = [_Session(s, s.io_binding(), threading.Lock())
                           for s in made]
+        #: the stitch graphs on this engine's device, when batches may leave logits there
+        self.device_kit = self._device_kit(device_stitch, device_id)
         log.info("engine: %s on %s (requested %s), tile %s, %d classes, outputs %s, max batch %d, "
                  "%d session(s) x %s intra-op threads", path.name, self.provider, provider, self.meta.tile,
                  self.meta.num_classes, ", ".join(self.outputs), max_batch, sessions,
                  self.intra_op_threads or "default")
         if call.batch == 1:
             log.info("engine: %s takes a fixed batch of 1: its tiles run one at a time", path.name)
+
+    def _device_kit(self, choice: DeviceStitchChoice, device_id: int) -> DeviceKit | None:
+        """The stitch graphs' kit: "on" anywhere, "auto" on CUDA; never for a model without logits or
+        one that takes a fixed batch of 1 (its tiles' logits come in separate values)."""
+        if choice not in ("auto", "on", "off"):
+            raise ValueError(f"device_stitch must be auto, on or off, not {choice!r}")
+        if choice == "off" or (choice == "auto" and self.provider != CUDA):
+            return None
+        one_by_one = self._adapter is not None and self._adapter.call.batch == 1
+        why = ("it gives labels only" if OUTPUT_NAME not in self.outputs else
+               "it takes a fixed batch of 1" if one_by_one else None)
+        if why:
+            log.info("engine: %s is stitched on the host: %s", self.path.name, why)
+            return None
+        kit = DeviceKit(self.provider, device_id)
+        log.info("engine: %s is stitched on %s (its logits stay there)", self.path.name, kit.device)
+        return kit
+
+    @property
+    def run_names(self) -> tuple[str, ...]:
+        """What :meth:`run_outputs` fetches: :attr:`outputs`, and :data:`DEVICE_LOGITS` with a kit."""
+        return self.outputs + ((DEVICE_LOGITS,) if self.device_kit is not None else ())
 
     @property
     def tile(self) -> tuple[int, int]:
@@ -285,10 +234,10 @@ class Engine:
         wanted = tuple(names)
         if isinstance(names, str) or not wanted or len(set(wanted)) != len(wanted):
             raise ValueError(f"name one or more distinct outputs, not {names!r}")
-        missing = [n for n in wanted if n not in self.outputs]
+        missing = [n for n in wanted if n not in self.run_names]
         if missing:
             raise ValueError(f"{self.path.name} has no output {', '.join(map(repr, missing))}; "
-                             f"it has {', '.join(self.outputs)}")
+                             f"it has {', '.join(self.run_names)}")
         return wanted
 
     def _slot(self, session: int) -> _Session:
@@ -307,12 +256,16 @@ class Engine:
 
         Only those outputs are fetched: ``logits`` ``(N, C, H, W)`` float32, ``labels``
         ``(N, H, W)`` uint8 (uint16 beyond 256 classes). Every call returns fresh arrays.
+        With a device kit, :data:`DEVICE_LOGITS`: the logits left on the device, a
+        :class:`~service.engine.device_kit.DeviceBatch`.
         """
         wanted = self._check_names(names)
         self._check_input(tiles)
         slot = self._slot(session)
         tiles = np.ascontiguousarray(tiles)
         with slot.lock:
+            if DEVICE_LOGITS in wanted:
+                return self._run_device(slot, tiles, wanted)
             if self._adapter is not None:  # a described graph: converted both ways, one output
                 return {self._adapter.output: self._adapter.run(slot.session, tiles)}
             if self.provider != CUDA and self._output_bytes(tiles, wanted) <= OWN_OUTPUT_BYTES:
@@ -347,6 +300,39 @@ class Engine:
         slot.session.run_with_iobinding(b)
         return out
 
+    def _run_device(self, slot: _Session, tiles: Tiles, names: tuple[str, ...]) -> dict[str, Any]:
+        """A batch whose logits stay on the device (:meth:`_run_bound`'s binding, the logits output
+        bound to the device): a described model's strided or float16 logits are made the tile's
+        float32 logits there too. Host logits, when also asked for, are a copy of the same value."""
+        kit = self.device_kit
+        assert kit is not None
+        n, _, h, w = tiles.shape
+        adapter = self._adapter
+        b = slot.binding
+        if adapter is None:
+            b.bind_cpu_input(INPUT_NAME, tiles)
+        else:
+            b.bind_cpu_input(adapter.call.input_name, adapter.model_input(tiles))
+        b.clear_binding_outputs()
+        b.bind_output(OUTPUT_NAME if adapter is None else adapter.call.output_name, kit.device, kit.device_id)
+        out: dict[str, Any] = {}
+        if LABELS_NAME in names:
+            out[LABELS_NAME] = np.empty((n, h, w), dtype=self._dtypes[LABELS_NAME])
+            b.bind_output(LABELS_NAME, "cpu", 0, out[LABELS_NAME].dtype.type, [n, h, w],
+                          out[LABELS_NAME].ctypes.data)
+        slot.session.run_with_iobinding(b)
+        value = b.get_outputs()[0]
+        shape = tuple(value.shape())
+        if len(shape) != 4 or shape[:2] != (n, self.meta.num_classes):
+            raise ValueError(f"the model's logits are {shape}, expected ({n}, {self.meta.num_classes}, H, W)")
+        if value.data_type() != "tensor(float)" or shape[2:] != (h, w):
+            dtype = "float" if value.data_type() == "tensor(float)" else "float16"
+            value = kit.tile_logits(value, dtype, self.meta.align_corners, (n, self.meta.num_classes, h, w))
+        out[DEVICE_LOGITS] = DeviceBatch(value, n)
+        if OUTPUT_NAME in names:
+            out[OUTPUT_NAME] = value.numpy()
+        return out
+
     def warmup(self, batch_sizes: Iterable[int] | None = None) -> float:
         """Run every batch size once (default 1..max_batch) on every session.
 
@@ -365,6 +351,8 @@ class Engine:
         # every set of outputs a batch may fetch: ONNX Runtime plans memory per set, and its arena
         # grew by 114 MB (CamVid, batch 4) on the first logits-only run after an all-outputs one
         fetches = [self.outputs] + ([(name,) for name in self.outputs] if len(self.outputs) > 1 else [])
+        if self.device_kit is not None:
+            fetches.append((DEVICE_LOGITS,))
 
         def warm(session: int) -> None:
             for n in sizes:
@@ -377,6 +365,8 @@ class Engine:
         else:
             with ThreadPoolExecutor(self.sessions, thread_name_prefix="pspnet-warmup") as pool:
                 list(pool.map(warm, range(self.sessions)))  # list(): re-raise a failure here
+        if self.device_kit is not None:
+            self.device_kit.warmup(self.meta.num_classes, self.meta.tile)
         self.warmup_seconds = time.perf_counter() - t0
         log.info("engine warm: batch sizes %s on %d session(s) in %.2f s on %s", sizes, self.sessions,
                  self.warmup_seconds, self.provider)
@@ -392,7 +382,7 @@ class SessionRunner:
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return self.engine.outputs
+        return self.engine.run_names
 
     def __call__(self, tiles: Tiles, names: tuple[str, ...]) -> dict[str, npt.NDArray[Any]]:
         return self.engine.run_outputs(tiles, names, session=self.session)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from service.codec.decode import DecodeLimits
-from service.engine.sessions import usable_cores
+from service.engine.options import usable_cores
 from service.offline.inputs import read_input
 from service.offline.manifest import Record
 from service.offline.work import BulkConfig, Decoded, Job, Segmenter, decode_input

@@ -31,7 +31,7 @@ from service.contract.artifact import LABELS_NAME, OUTPUT_NAME, ArtifactMeta
 from service.contract.soft import Soft
 from service.errors import BadRequest
 from service.pipeline.params import InferenceParams
-from service.pipeline.runner import EngineRunner, TileRunner
+from service.pipeline.runner import DeviceStitching, EngineRunner, RowsStitcher, TileRunner
 from service.pipeline.timings import Timings
 from service.protocol.peak_bytes import stream_chunk
 from service.protocol.plan import scale_tiles
@@ -143,9 +143,11 @@ def prepare(meta: ArtifactMeta, rgb: np.ndarray, params: InferenceParams, output
 class Chain:
     """decode -> plan -> run -> crop or stitch -> encode for one artifact, with fixed decode limits."""
 
-    def __init__(self, meta: ArtifactMeta, limits: DecodeLimits) -> None:
+    def __init__(self, meta: ArtifactMeta, limits: DecodeLimits,
+                 device: DeviceStitching | None = None) -> None:
         self.meta = meta
         self.limits = limits
+        self.device = device  # stitchers on the engine's device, when its runner leaves logits there
 
     async def labels(self, rgb: np.ndarray, params: InferenceParams, *, runner: TileRunner,
                      cpu: Executor | None = None, deadline: float = math.inf,
@@ -181,23 +183,36 @@ class Chain:
                 rows = await runner.submit(tiles, deadline=deadline, output=work.output)
             with timings.stage("stitch"):  # a crop of one tile's ids needs no thread
                 return work.crop(rows), None, work.num_tiles
-        stitcher = Stitcher(work.geometry, work.image_size, self.meta.num_classes, work.tile)
-        admit: int | None = work.num_tiles
-        for geom in work.geometry:
-            tiles = await _in(cpu, timings, "plan", work.tiles, geom)
-            for a in range(0, len(tiles), work.chunk):
-                with timings.stage("batch"):
-                    rows = await runner.submit(tiles[a:a + work.chunk], deadline=deadline, output=OUTPUT_NAME,
-                                               admit_tiles=admit)
-                admit = 0
-                await _in(cpu, timings, "stitch", stitcher.add, rows, geom.first + a)
-                del rows  # before the next chunk's arrive: one chunk of logits alive
-            del tiles
-            if stitcher.route != "lone":  # one window has nothing to fold
-                await _in(cpu, timings, "stitch", stitcher.fold)  # without a chunk's logits beside it
-        labels = await _in(cpu, timings, "stitch", stitcher.labels)
-        values = None if soft is None else await _in(cpu, timings, "stitch", stitcher.soft, soft, labels)
+        stitcher, output = self._stitcher(work, runner)
+        try:
+            admit: int | None = work.num_tiles
+            for geom in work.geometry:
+                tiles = await _in(cpu, timings, "plan", work.tiles, geom)
+                for a in range(0, len(tiles), work.chunk):
+                    with timings.stage("batch"):
+                        rows = await runner.submit(tiles[a:a + work.chunk], deadline=deadline, output=output,
+                                                   admit_tiles=admit)
+                    admit = 0
+                    await _in(cpu, timings, "stitch", stitcher.add, rows, geom.first + a)
+                    del rows  # before the next chunk's arrive: one chunk of logits alive
+                del tiles
+                if stitcher.route != "lone":  # one window has nothing to fold
+                    await _in(cpu, timings, "stitch", stitcher.fold)  # without a chunk's logits beside it
+            labels = await _in(cpu, timings, "stitch", stitcher.labels)
+            values = None if soft is None else await _in(cpu, timings, "stitch", stitcher.soft, soft, labels)
+        finally:
+            stitcher.close()
         return labels, values, work.num_tiles
+
+    def _stitcher(self, work: TileWork, runner: TileRunner) -> tuple[RowsStitcher, str]:
+        """The request's stitcher and the runner output it takes: on the engine's device when the runner
+        can leave logits there and the request fits the device now, else the exact host stitch."""
+        classes = self.meta.num_classes
+        if self.device is not None and self.device.output in runner.outputs:
+            on_device = self.device.stitcher(work.geometry, work.image_size, classes, work.tile)
+            if on_device is not None:
+                return on_device, self.device.output
+        return Stitcher(work.geometry, work.image_size, classes, work.tile), OUTPUT_NAME
 
     async def segment(self, images: Sequence[Upload] | np.ndarray, params: InferenceParams,
                       encode: Encode[T], *, runner: TileRunner, cpu: Executor | None = None,

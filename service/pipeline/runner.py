@@ -1,4 +1,5 @@
-"""The tile-runner protocol: what the chain needs of whatever runs an image's tiles.
+"""The tile-runner protocol: what the chain needs of whatever runs an image's tiles (and of a
+stitcher, which the engine's device may provide).
 
 Three implementations, one per way of serving:
 
@@ -16,11 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from service.contract.artifact import OUTPUT_NAME
+from service.contract.soft import Soft
+from service.protocol.windows import ScaleGeometry
 
 
 class TileRunner(Protocol):
@@ -40,6 +43,30 @@ class TileRunner(Protocol):
         and 0 with the chunks after it (admitted already: never refused for room or time).
         """
         ...
+
+
+class RowsStitcher(Protocol):
+    """What the chain needs of a stitcher: :class:`service.protocol.stitch.Stitcher` on the host,
+    :class:`service.engine.device_stitch.DeviceStitcher` on the engine's device."""
+
+    route: str
+
+    def add(self, rows: Any, first: int) -> None: ...
+    def fold(self) -> None: ...
+    def labels(self) -> np.ndarray: ...
+    def soft(self, request: Soft, labels: np.ndarray) -> np.ndarray: ...
+    def close(self) -> None: ...
+
+
+class DeviceStitching(Protocol):
+    """Stitchers on the engine's device (:class:`service.engine.device_stitch.DeviceStitching`): their rows
+    are the runner's ``output``; ``stitcher`` is None when the request does not fit the device now."""
+
+    @property
+    def output(self) -> str: ...
+
+    def stitcher(self, geometry: Sequence[ScaleGeometry], image_size: tuple[int, int], classes: int,
+                 tile: tuple[int, int]) -> RowsStitcher | None: ...
 
 
 class OutputsEngine(Protocol):
@@ -71,7 +98,14 @@ class EngineRunner:
         step = self.max_batch
         parts = [self.engine.run_outputs(tiles[i:i + step], (output,))[output]
                  for i in range(0, len(tiles), step)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if len(parts) == 1:
+            return parts[0]
+        if isinstance(parts[0], np.ndarray):
+            return np.concatenate(parts)
+        rows = parts[0].empty(len(tiles))  # logits left on the device: one set of rows over the batches
+        for i, part in zip(range(0, len(tiles), step), parts, strict=True):
+            rows[i:i + len(part)] = part[0:len(part)]
+        return rows
 
     async def submit(self, tiles: np.ndarray, *, deadline: float = math.inf,
                      output: str = OUTPUT_NAME, admit_tiles: int | None = None) -> np.ndarray:

@@ -19,14 +19,11 @@ Tested by tests/service/protocol/test_stitch.py and tests/service/protocol/test_
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
-
 import numpy as np
 from numpy.typing import NDArray
 
 from service.protocol.resize import channel_chunks
-from service.protocol.windows import ScaleGeometry
+from service.protocol.windows import ScaleGeometry, cover, overlaps
 
 #: logits per softmax strip of :func:`scale_probs_chw` (16 MiB of float32)
 STRIP_VALUES = 2**22
@@ -66,38 +63,6 @@ def strip_rows(classes: int, tile: tuple[int, int]) -> int:
     return max(1, min(tile[0], STRIP_VALUES // (classes * tile[1])))
 
 
-def _coverage(starts: tuple[int, ...], tile: int, lo: int, hi: int) -> NDArray[np.float64]:
-    """How many windows cover each canvas pixel of [lo, hi) along one axis."""
-    count = np.zeros(hi - lo, dtype=np.float64)
-    for s in starts:
-        count[max(s, lo) - lo:max(min(s + tile, hi) - lo, 0)] += 1
-    return count
-
-
-#: one window's overlap with the resized image: its tile index, the slices in the tile and in the image
-Overlap = tuple[int, tuple[slice, slice], tuple[slice, slice]]
-
-
-def _overlaps(geom: ScaleGeometry, tile: tuple[int, int]) -> Iterator[Overlap]:
-    """The windows of a scale that overlap the resized image, in the order the official code adds them."""
-    th, tw = tile
-    (top, left), (h, w) = geom.pad, geom.size
-    step = 2 if geom.flip else 1  # a window's tile index: its mirror, if any, follows it
-    for i, (y, x) in enumerate(itertools.product(geom.rows, geom.cols)):  # row-major, as plan_tiles cut them
-        y0, y1 = max(y, top), min(y + th, top + h)
-        x0, x1 = max(x, left), min(x + tw, left + w)
-        if y0 < y1 and x0 < x1:
-            yield (geom.first + i * step, (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x)),
-                   (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left)))
-
-
-def _cover(geom: ScaleGeometry, tile: tuple[int, int]) -> NDArray[np.float64]:
-    """Windows covering each pixel of the resized image: (row count) x (column count), as they form a grid."""
-    (top, left), (h, w) = geom.pad, geom.size
-    return np.multiply.outer(_coverage(geom.rows, tile[0], top, top + h),
-                             _coverage(geom.cols, tile[1], left, left + w))
-
-
 def scale_probs_hwc(geom: ScaleGeometry, tile: tuple[int, int], logits: NDArray[np.float32]) -> Chunks:
     """One scale's probabilities, (h, w, classes) per channel range of :func:`channel_chunks`.
 
@@ -110,7 +75,7 @@ def scale_probs_hwc(geom: ScaleGeometry, tile: tuple[int, int], logits: NDArray[
     # a lone window covers the whole image: 0 + p and p / 1 are p, so assign and skip the division
     alone = geom.num_windows == 1
     sums = [(np.empty if alone else np.zeros)((h, w, b - a), dtype=np.float64) for a, b in ranges]
-    for k, (ty, tx), (iy, ix) in _overlaps(geom, tile):
+    for k, (ty, tx), (iy, ix) in overlaps(geom, tile):
         probs = window_probs(logits, k, geom.flip)[:, ty, tx]
         for (a, b), acc in zip(ranges, sums, strict=True):
             part = probs[a:b].transpose(1, 2, 0)
@@ -120,9 +85,9 @@ def scale_probs_hwc(geom: ScaleGeometry, tile: tuple[int, int], logits: NDArray[
                 acc[iy, ix] += part
         del probs, part  # before the next window's softmax: one tile-sized array alive, not two
     if not alone:
-        cover = _cover(geom, tile)[:, :, None]
+        counts = cover(geom, tile)[:, :, None]
         for acc in sums:
-            acc /= cover
+            acc /= counts
     return list(zip(ranges, sums, strict=True))
 
 
@@ -142,7 +107,7 @@ class ScaleSum:
         h, w = geom.size
         self._alone = geom.num_windows == 1
         self.sum = (np.empty if self._alone else np.zeros)((classes, h, w), dtype=np.float64)
-        self._windows = list(_overlaps(geom, tile))
+        self._windows = list(overlaps(geom, tile))
         self._next_window = 0
         self.received = 0  # tiles of this scale whose logits were added (or were padding only)
 
@@ -181,7 +146,7 @@ class ScaleSum:
         if not self.complete:
             raise ValueError(f"{self.geom.num_tiles - self.received} tiles of this scale have not arrived")
         if not self._alone:
-            self.sum /= _cover(self.geom, self.tile)
+            self.sum /= cover(self.geom, self.tile)
         return self.sum
 
 

@@ -243,6 +243,9 @@ class Stitcher:
         top: NDArray[np.float32] = np.max(values, axis=0).astype(np.float32)
         return top
 
+    def close(self) -> None:
+        """Nothing to give back: host memory goes with the object (the device stitcher's frees its sums)."""
+
 
 def stitch_labels(plan: TilePlan, logits: NDArray[np.float32]) -> NDArray[np.uint8] | NDArray[np.uint16]:
     """Per-pixel argmax labels (H, W), uint8 (uint16 beyond 256 classes).

@@ -16,9 +16,13 @@ Tested by tests/service/protocol/test_plan.py and tests/service/protocol/test_pe
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
 
 from service.contract.artifact import MODES, MULTISCALE, Mode
 
@@ -138,3 +142,35 @@ def plan_geometry(height: int, width: int, *, tile: tuple[int, int], mode: Mode,
 def count_tiles(geometry: Sequence[ScaleGeometry]) -> int:
     """Tiles a plan with this geometry holds (what a request puts in the queue)."""
     return sum(g.num_tiles for g in geometry)
+
+
+def _coverage(starts: tuple[int, ...], tile: int, lo: int, hi: int) -> NDArray[np.float64]:
+    """How many windows cover each canvas pixel of [lo, hi) along one axis."""
+    count = np.zeros(hi - lo, dtype=np.float64)
+    for s in starts:
+        count[max(s, lo) - lo:max(min(s + tile, hi) - lo, 0)] += 1
+    return count
+
+
+#: one window's overlap with the resized image: its tile index, the slices in the tile and in the image
+Overlap = tuple[int, tuple[slice, slice], tuple[slice, slice]]
+
+
+def overlaps(geom: ScaleGeometry, tile: tuple[int, int]) -> Iterator[Overlap]:
+    """The windows of a scale that overlap the resized image, in the order the official code adds them."""
+    th, tw = tile
+    (top, left), (h, w) = geom.pad, geom.size
+    step = 2 if geom.flip else 1  # a window's tile index: its mirror, if any, follows it
+    for i, (y, x) in enumerate(itertools.product(geom.rows, geom.cols)):  # row-major, as plan_tiles cut them
+        y0, y1 = max(y, top), min(y + th, top + h)
+        x0, x1 = max(x, left), min(x + tw, left + w)
+        if y0 < y1 and x0 < x1:
+            yield (geom.first + i * step, (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x)),
+                   (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left)))
+
+
+def cover(geom: ScaleGeometry, tile: tuple[int, int]) -> NDArray[np.float64]:
+    """Windows covering each pixel of the resized image: (row count) x (column count), as they form a grid."""
+    (top, left), (h, w) = geom.pad, geom.size
+    return np.multiply.outer(_coverage(geom.rows, tile[0], top, top + h),
+                             _coverage(geom.cols, tile[1], left, left + w))

@@ -22,6 +22,8 @@ import numpy as np
 from service.contract.artifact import ArtifactMeta
 from service.contract.description import sidecar_path
 from service.engine.batcher import TileBatcher
+from service.engine.device_kit import DeviceBudget
+from service.engine.device_stitch import DeviceStitching
 from service.engine.sessions import Engine
 from service.repository.directory import ModelEntry
 from service.repository.stats import ModelStats
@@ -79,6 +81,7 @@ class ModelRuntime:
     batcher: TileBatcher
     health: ModelHealth
     stats: ModelStats = field(default_factory=ModelStats)
+    device: DeviceStitching | None = None  # stitchers on the engine's device (engine/device_stitch.py)
     warmed: bool = False
     warmup_seconds: float | None = None
     accepting: bool = True  # False once removed or replaced: it drains, takes nothing new
@@ -164,7 +167,7 @@ async def start_model(entry: ModelEntry, settings: Settings, metrics: Metrics,
     engine = await asyncio.to_thread(
         Engine, entry.path, provider=settings.provider, intra_op_threads=settings.intra_op_threads,
         inter_op_threads=settings.inter_op_threads, max_batch=settings.max_batch, spin=settings.ort_spin,
-        sessions=settings.sessions)
+        sessions=settings.sessions, device_stitch=settings.device_stitch)
     health = ModelHealth(settings.max_consecutive_failures)
     stats = ModelStats(None if board is None else board.stats_folder(
         version_key(entry.name, identity.path, identity.size, identity.mtime_ns)))
@@ -188,4 +191,6 @@ async def start_model(entry: ModelEntry, settings: Settings, metrics: Metrics,
     m = engine.meta
     metrics.set_model_info(m.name, dataset=m.dataset, provider=engine.provider,
                            tile=f"{m.tile[0]}x{m.tile[1]}", classes=str(m.num_classes))
-    return ModelRuntime(entry, identity, engine, batcher, health, stats)
+    kit = engine.device_kit
+    device = None if kit is None else DeviceStitching(kit, DeviceBudget(settings.device_stitch_mb << 20))
+    return ModelRuntime(entry, identity, engine, batcher, health, stats, device)

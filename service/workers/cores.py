@@ -48,7 +48,8 @@ def cuda_usable() -> bool:
     """ONNX Runtime offers the CUDA provider and the driver loads (what ``provider=auto`` would take)."""
     import onnxruntime as ort
 
-    from service.engine.sessions import CUDA, cuda_driver_error
+    from service.engine.options import cuda_driver_error
+    from service.engine.sessions import CUDA
 
     return CUDA in ort.get_available_providers() and cuda_driver_error() is None
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from service.engine import sessions
+from service.engine import options, sessions
 from service.engine.sessions import CPU, CUDA, Engine, cuda_driver_error
 from tests.service.tiny_model import build_tiny_artifact
 
@@ -26,12 +26,12 @@ def _no_driver(name: str) -> None:
 
 
 def test_driver_probe_names_what_does_not_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sessions.sys, "platform", "linux")
-    monkeypatch.setattr(sessions.ctypes, "CDLL", _no_driver)
+    monkeypatch.setattr(options.sys, "platform", "linux")
+    monkeypatch.setattr(options.ctypes, "CDLL", _no_driver)
     assert cuda_driver_error() == MISSING
-    monkeypatch.setattr(sessions.ctypes, "CDLL", lambda name: object())
+    monkeypatch.setattr(options.ctypes, "CDLL", lambda name: object())
     assert cuda_driver_error() is None
-    monkeypatch.setattr(sessions.sys, "platform", "darwin")
+    monkeypatch.setattr(options.sys, "platform", "darwin")
     assert cuda_driver_error() is None
 
 

@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+import service.engine.options
 import service.engine.sessions
 from service.contract.artifact import METADATA_KEY, ArtifactError
 from service.engine.sessions import CPU, CUDA, Engine, SessionRunner, intra_op_threads_for
@@ -163,7 +164,7 @@ def test_intra_op_threads_per_session() -> None:
     assert intra_op_threads_for(0, 3, cores=8) == 2
     assert intra_op_threads_for(0, 2, cores=2) == 1
     assert intra_op_threads_for(0, 4, cores=2) == 1  # never 0 (which would mean ORT's default)
-    assert intra_op_threads_for(0, 2) == max(1, service.engine.sessions.usable_cores() // 2)
+    assert intra_op_threads_for(0, 2) == max(1, service.engine.options.usable_cores() // 2)
     for bad in ((-1, 1), (0, 0)):
         with pytest.raises(ValueError):
             intra_op_threads_for(*bad)
@@ -171,7 +172,7 @@ def test_intra_op_threads_per_session() -> None:
 
 def test_several_cpu_sessions_run_at_once_and_agree(artifact: Path) -> None:
     engine = Engine(artifact, provider="cpu", max_batch=2, sessions=2)
-    half = max(1, service.engine.sessions.usable_cores() // 2)
+    half = max(1, service.engine.options.usable_cores() // 2)
     assert engine.sessions == 2 and engine.intra_op_threads == half
     runners = engine.runners()
     assert [r.session for r in runners] == [0, 1] and all(r.outputs == ("logits",) for r in runners)
@@ -445,7 +446,7 @@ def test_labels_of_the_wrong_type_are_refused(artifact: Path, fake_ort: type[Fak
 def test_several_cuda_sessions(artifact: Path, fake_ort: type[FakeSession],
                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Each session: the same providers and options, its own binding, its own runner; auto threads split."""
-    monkeypatch.setattr(service.engine.sessions, "usable_cores", lambda: 8)
+    monkeypatch.setattr(service.engine.options, "usable_cores", lambda: 8)
     fake_ort.labels_type = "tensor(uint8)"
     engine = Engine(artifact, provider="cuda", max_batch=2, sessions=3)
     sessions = fake_ort.created

@@ -1,0 +1,206 @@
+"""The stitch's small graphs on the engine's device, and logits that stay there.
+
+On CUDA a batch's logits need not come to the host: :class:`service.engine.sessions.Engine`
+can leave them on the GPU as ONNX Runtime values (the runner output :data:`DEVICE_LOGITS`),
+and the request's stitch runs there too (service/engine/device_stitch.py), through the graphs
+of ``service/engine/graphs/`` (made by model/device_graphs.py: ``service/`` never imports
+``onnx``). Each run binds its inputs where they already are and leaves its output on the
+device, except the last one (labels or the soft output asked for), which comes to the host.
+
+:class:`DeviceKit` holds one ONNX Runtime session per graph on the engine's provider. On the
+CPU provider the same code runs with every value in host memory: what the test suite checks.
+
+Rows: a batch's device logits are a :class:`DeviceBatch`; the rows of one submission, which
+may lie in several batches (a request split over batches), a :class:`DeviceRows`.
+
+Tested by tests/service/engine/test_device_stitch.py and tests/service/engine/test_device_route.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+log = logging.getLogger("service.engine")
+
+#: the runner output of logits left on the device (a :class:`DeviceBatch` per batch)
+DEVICE_LOGITS = "logits@device"
+CUDA = "CUDAExecutionProvider"
+#: the graphs the kit loads, by file stem (model/device_graphs.py makes each)
+GRAPH_NAMES = ("window", "window_flip", "fold", "labels_uint8", "labels_uint16", "confidence", "probability",
+               "probabilities", "tile_logits_float_half_pixel", "tile_logits_float_align_corners",
+               "tile_logits_float16_half_pixel", "tile_logits_float16_align_corners")
+
+Value = Any  # an onnxruntime.OrtValue
+Feed = Mapping[str, "Value | npt.NDArray[Any]"]
+
+
+class DeviceBatch:
+    """One batch's logits ``(N, C, H, W)`` as the engine left them on its device."""
+
+    __slots__ = ("rows", "value")
+
+    def __init__(self, value: Value, rows: int) -> None:
+        self.value = value
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, part: slice) -> DeviceRows:
+        start, stop, step = part.indices(self.rows)
+        if step != 1:
+            raise ValueError("device rows are taken in consecutive runs")
+        rows = DeviceRows(stop - start)
+        rows.pieces.append((0, stop - start, self.value, start))
+        return rows
+
+    def empty(self, total: int) -> DeviceRows:
+        return DeviceRows(total)
+
+    def locate(self, row: int) -> tuple[Value, npt.NDArray[np.int64]]:
+        if not 0 <= row < self.rows:
+            raise IndexError(f"row {row} of {self.rows}")
+        return self.value, np.array([row], dtype=np.int64)
+
+
+class DeviceRows:
+    """Consecutive tiles' logits on the device: pieces of one or several batches' outputs."""
+
+    __slots__ = ("pieces", "rows")
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        #: (first row, stop, the batch's value, the first row's index in that value)
+        self.pieces: list[tuple[int, int, Value, int]] = []
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __setitem__(self, part: slice, rows: DeviceRows) -> None:
+        """Place ``rows`` at ``part`` (how a request split over batches is assembled)."""
+        start, stop, _ = part.indices(self.rows)
+        if stop - start != len(rows):
+            raise ValueError(f"{len(rows)} rows do not fill rows {start}..{stop}")
+        self.pieces += [(start + a, start + b, value, at) for a, b, value, at in rows.pieces]
+
+    def empty(self, total: int) -> DeviceRows:
+        """Rows of a request of ``total`` tiles, to be filled by ``[a:b] =`` (numpy's ``np.empty`` for
+        host rows; :func:`service.engine.runners.run_batch` asks each kind for its own)."""
+        return DeviceRows(total)
+
+    def locate(self, row: int) -> tuple[Value, npt.NDArray[np.int64]]:
+        """The batch value holding ``row`` and the row's index in it (as the window graphs take it)."""
+        for a, b, value, at in self.pieces:
+            if a <= row < b:
+                return value, np.array([at + row - a], dtype=np.int64)
+        raise IndexError(f"row {row} has not arrived ({self.rows} rows)")
+
+
+def kit_options(device_id: int) -> dict[str, str]:
+    """CUDA options of the kit's sessions: running sums are large and few, so the arena grows by
+    what is asked (the default doubles: a 1 GB sum could reserve 2), and nothing is searched."""
+    return {"device_id": str(device_id), "arena_extend_strategy": "kSameAsRequested",
+            "do_copy_in_default_stream": "1", "cudnn_conv_algo_search": "HEURISTIC"}
+
+
+class DeviceKit:
+    """The stitch graphs as ONNX Runtime sessions on ``provider`` (CUDA or CPU), device ``device_id``."""
+
+    def __init__(self, provider: str, device_id: int = 0, *, intra_op_threads: int = 1) -> None:
+        self.provider = provider
+        self.device_id = device_id
+        #: where values stay: ONNX Runtime's device name
+        self.device = "cuda" if provider == CUDA else "cpu"
+        providers: list[Any] = [(CUDA, kit_options(device_id)), "CPUExecutionProvider"] if provider == CUDA \
+            else ["CPUExecutionProvider"]
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = intra_op_threads
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        folder = resources.files("service.engine") / "graphs"
+        self._sessions = {name: ort.InferenceSession((folder / f"{name}.onnx").read_bytes(), sess_options=so,
+                                                     providers=providers) for name in GRAPH_NAMES}
+        ran_on = {str(s.get_providers()[0]) for s in self._sessions.values()}
+        if ran_on != {provider}:
+            raise RuntimeError(f"the stitch graphs came up on {', '.join(sorted(ran_on))}, not {provider}")
+
+    def run(self, graph: str, feed: Feed, *, to_host: bool = False) -> Value:
+        """Run ``graph`` on ``feed`` (values where they are, numpy arrays from the host); its one output,
+        left on the device (an OrtValue) or, with ``to_host``, as a numpy array."""
+        session = self._sessions[graph]
+        binding = session.io_binding()  # one per call: sessions are shared by threads, bindings not
+        for name, value in feed.items():
+            if isinstance(value, np.ndarray):
+                # np.require, not ascontiguousarray: that makes a 0-d count or class index 1-d
+                binding.bind_cpu_input(name, np.require(value, requirements="C"))
+            else:
+                binding.bind_ortvalue_input(name, value)
+        out = session.get_outputs()[0].name
+        if to_host:
+            binding.bind_output(out, "cpu")
+        else:
+            binding.bind_output(out, self.device, self.device_id)
+        session.run_with_iobinding(binding)
+        value = binding.get_outputs()[0]
+        return value.numpy() if to_host else value
+
+    def zero(self) -> Value:
+        """A running sum's start: one zero, which every graph's Add broadcasts."""
+        return ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, 1), np.float32), self.device, self.device_id)
+
+    def tile_logits(self, raw: Value, dtype: str, align_corners: bool,
+                    size: tuple[int, int, int, int]) -> Value:
+        """A described model's raw logits (strided, or float16) as float32 logits at the tile."""
+        graph = f"tile_logits_{dtype}_{'align_corners' if align_corners else 'half_pixel'}"
+        return self.run(graph, {"raw": raw, "size": np.array(size, dtype=np.int64)})
+
+    def warmup(self, classes: int, tile: tuple[int, int]) -> None:
+        """Run every graph once on small sizes: the first run of each pays for its kernels."""
+        th, tw = tile
+        logits = ort.OrtValue.ortvalue_from_numpy(np.zeros((2, classes, th, tw), np.float32), self.device,
+                                                  self.device_id)
+        crop, pads = np.array([0, 0, th, tw], np.int64), np.zeros(6, np.int64)
+        total = self.run("window", {"logits": logits, "index": np.array([0]), "crop": crop, "pads": pads,
+                                    "total": self.zero()})
+        total = self.run("window_flip", {"logits": logits, "index": np.array([0]), "mirror_logits": logits,
+                                         "mirror_index": np.array([1]), "crop": crop, "pads": pads,
+                                         "total": total})
+        total = self.run("fold", {"scale_sum": total, "cover": np.ones((th, tw), np.float32),
+                                  "total": self.zero(), "size": np.array([1, classes, th, tw], np.int64)})
+        count = np.array(1.0, np.float32)
+        self.run("labels_uint8" if classes <= 256 else "labels_uint16", {"total": total}, to_host=True)
+        self.run("confidence", {"total": total, "count": count}, to_host=True)
+        self.run("probability", {"total": total, "class_index": np.array(0, np.int64), "count": count},
+                 to_host=True)
+        self.run("probabilities", {"total": total, "count": count}, to_host=True)
+
+
+class DeviceBudget:
+    """Bytes of the device the stitches of this process may hold at once; a request that does not fit
+    now is stitched on the host instead (never queued: the host road is always there)."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit = limit_bytes
+        self.held = 0
+        self.declined = 0  # requests sent to the host road for want of room
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> bool:
+        with self._lock:
+            if self.held + nbytes > self.limit:
+                self.declined += 1
+                return False
+            self.held += nbytes
+            return True
+
+    def give(self, nbytes: int) -> None:
+        with self._lock:
+            self.held -= nbytes
