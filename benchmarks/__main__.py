@@ -33,6 +33,7 @@ COMMANDS = {
     "int8-isa": "benchmarks.accuracy.int8_isa",
     "official-check": "benchmarks.accuracy.official_check",
     "soft-outputs": "benchmarks.speed.soft_outputs",
+    "device-stitch": "benchmarks.speed.device_stitch",
 }
 
 

@@ -16,7 +16,7 @@ answers None otherwise (the chain then fetches host logits and stitches exactly,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -152,14 +152,18 @@ class DeviceStitching:
 
     output = DEVICE_LOGITS
 
-    def __init__(self, kit: DeviceKit, budget: DeviceBudget) -> None:
+    def __init__(self, kit: DeviceKit, budget: DeviceBudget,
+                 on_route: Callable[[str], None] = lambda route: None) -> None:
         self.kit = kit
         self.budget = budget
+        self._on_route = on_route  # told "device" or "host" for each request asked about (a metric)
 
     def stitcher(self, geometry: Sequence[ScaleGeometry], image_size: tuple[int, int], classes: int,
                  tile: tuple[int, int]) -> DeviceStitcher | None:
         """A stitcher holding its bytes of the budget, or None when they do not fit now."""
         need = device_bytes(geometry, image_size, classes, tile)
         if not self.budget.take(need):
+            self._on_route("host")
             return None
+        self._on_route("device")
         return DeviceStitcher(self.kit, self.budget, need, geometry, image_size, classes, tile)

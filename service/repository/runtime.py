@@ -192,5 +192,7 @@ async def start_model(entry: ModelEntry, settings: Settings, metrics: Metrics,
     metrics.set_model_info(m.name, dataset=m.dataset, provider=engine.provider,
                            tile=f"{m.tile[0]}x{m.tile[1]}", classes=str(m.num_classes))
     kit = engine.device_kit
-    device = None if kit is None else DeviceStitching(kit, DeviceBudget(settings.device_stitch_mb << 20))
+    device = None if kit is None else DeviceStitching(
+        kit, DeviceBudget(settings.device_stitch_mb << 20),
+        on_route=lambda route: metrics.stitches.labels(model=entry.name, route=route).inc())
     return ModelRuntime(entry, identity, engine, batcher, health, stats, device)

@@ -67,6 +67,10 @@ class Metrics:
         self.dropped_tiles = Counter("pspnet_dropped_tiles_total",
                                      "queued tiles dropped before running, by reason", ["reason", "model"],
                                      registry=r)
+        self.stitches = Counter("pspnet_stitches_total",
+                                "requests stitched with the device stitch on, by where: device, or host when "
+                                "their sums did not fit PSPNET_DEVICE_STITCH_MB then", ["model", "route"],
+                                registry=r)
         self.ready = Gauge("pspnet_ready", "1 when the model is loaded, warmed up and not failing", ["model"],
                            registry=r, multiprocess_mode="livemin")
         self.model_info = Gauge("pspnet_model_info", "a served model (value 1)",

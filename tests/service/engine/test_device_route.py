@@ -29,7 +29,7 @@ from service.pipeline.chain import Chain
 from service.pipeline.params import InferenceParams, resolve
 from service.pipeline.runner import EngineRunner
 from service.protocol.plan import plan_tiles
-from tests.service.api_client import png_bytes, serving
+from tests.service.api_client import metric_samples, png_bytes, serving
 from tests.service.described_graphs import build_graph, description, write
 from tests.service.engine.test_device_stitch import MARGIN, top_two_margin
 from tests.service.stitch_oracle import stitch_float64
@@ -194,8 +194,12 @@ async def test_the_server_stitches_on_the_device_when_told(model: Path) -> None:
     body, headers = _v2(data)
     async with serving(model, device_stitch="on") as c:
         on = _labels_and_probs(await c.post("/v2/models/tiny/infer", content=body, headers=headers))
+        routes = metric_samples((await c.get("/metrics")).text, "pspnet_stitches_total")
+    assert routes == {'{model="tiny",route="device"}': 1.0}
     async with serving(model, device_stitch="on", device_stitch_mb=0) as c:  # nothing fits: the host road
         host = _labels_and_probs(await c.post("/v2/models/tiny/infer", content=body, headers=headers))
+        routes = metric_samples((await c.get("/metrics")).text, "pspnet_stitches_total")
+    assert routes == {'{model="tiny",route="host"}': 1.0}
     engine = Engine(model, provider="cpu", max_batch=4)
     params = resolve(engine.meta.protocol, mode="multiscale", flip=True, scales=None, max_scales=8)
     official = _official(engine, decode(data, None, NO_LIMITS).rgb, params)
