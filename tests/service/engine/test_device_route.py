@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -25,7 +25,7 @@ from service.engine.batcher import TileBatcher
 from service.engine.device_kit import DEVICE_LOGITS, DeviceBatch, DeviceBudget, DeviceKit
 from service.engine.device_stitch import DeviceStitching
 from service.engine.sessions import Engine
-from service.pipeline.chain import Chain
+from service.pipeline.chain import Chain, prepare
 from service.pipeline.params import InferenceParams, resolve
 from service.pipeline.runner import EngineRunner
 from service.protocol.plan import plan_tiles
@@ -207,3 +207,90 @@ async def test_the_server_stitches_on_the_device_when_told(model: Path) -> None:
     np.testing.assert_array_equal(host[1], official.transpose(2, 0, 1).astype(np.float16))
     _keeps_the_rule(on[0], official)
     assert np.abs(on[1].astype(np.float64) - official.transpose(2, 0, 1)).max() <= 2.0**-11
+
+
+class CudaStandIn:
+    """ONNX Runtime as the CUDA build looks to the code: sessions asked for CUDA say they run on it, and
+    every value bound to or made on ``cuda`` is recorded (and kept in host memory underneath)."""
+
+    places: ClassVar[list[tuple[str, str, int]]] = []  # (what, device type, device id) of each placement
+    providers: ClassVar[list[Any]] = []  # the provider lists sessions were made with
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    @classmethod
+    def install(cls, monkeypatch: pytest.MonkeyPatch) -> None:
+        import onnxruntime as ort
+
+        real_session, real_value = ort.InferenceSession, ort.OrtValue.ortvalue_from_numpy
+        cls.places, cls.providers = [], []
+
+        class Session:
+            def __init__(self, path: Any, sess_options: Any = None, providers: Any = None) -> None:
+                cls.providers.append(providers)
+                self._s = real_session(path, sess_options=sess_options, providers=[CPU])
+                self._cuda = any(p[0] == "CUDAExecutionProvider" for p in providers if isinstance(p, tuple))
+
+            def get_providers(self) -> list[str]:
+                return ["CUDAExecutionProvider", CPU] if self._cuda else [CPU]
+
+            def io_binding(self) -> Binding:
+                return Binding(self._s.io_binding())
+
+            def run_with_iobinding(self, binding: Binding, *args: Any) -> None:
+                self._s.run_with_iobinding(binding.real, *args)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._s, name)
+
+        class Binding(cls):  # type: ignore[valid-type,misc]
+            def bind_output(self, name: str, device_type: str = "cpu", device_id: int = 0,
+                            *rest: Any) -> None:
+                if device_type != "cpu":
+                    cls.places.append((f"output {name}", device_type, device_id))
+                self.real.bind_output(name, "cpu", 0, *rest)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.real, name)
+
+        def value(array: np.ndarray, device_type: str = "cpu", device_id: int = 0) -> Any:
+            if device_type != "cpu":
+                cls.places.append(("value", device_type, device_id))
+            return real_value(array)
+
+        monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", CPU])
+        monkeypatch.setattr(ort, "InferenceSession", Session)
+        monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy", staticmethod(value))
+
+
+@pytest.mark.anyio
+async def test_on_cuda_auto_stitches_on_the_device_and_keeps_every_value_there(
+        tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    CudaStandIn.install(monkeypatch)
+    engine = Engine(tiny, provider="auto", max_batch=3, device_id=1, device_stitch="auto")
+    kit = engine.device_kit
+    assert engine.provider == "CUDAExecutionProvider" and kit is not None and kit.device == "cuda"
+    graphs = CudaStandIn.providers[1:]  # the model's session, then one per graph
+    assert len(graphs) == 12 and all(p[0][0] == "CUDAExecutionProvider" for p in graphs)
+    assert all(p[0][1]["device_id"] == "1" and p[0][1]["arena_extend_strategy"] == "kSameAsRequested"
+               for p in graphs)
+    CudaStandIn.places.clear()
+    outputs = engine.run_names
+
+    class Runner(EngineRunner):  # as the batcher offers them: the device output too
+        @property
+        def outputs(self) -> tuple[str, ...]:
+            return outputs
+
+    chain = Chain(engine.meta, NO_LIMITS, device=DeviceStitching(kit, DeviceBudget(1 << 30)))
+    rgb = np.random.default_rng(8).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    labels, _, _ = await chain.stitched(rgb, MULTISCALE_FLIP, runner=Runner(engine, 3))
+    # every batch's logits and every running sum were placed on device 1, and nothing anywhere else
+    assert {(device, i) for _, device, i in CudaStandIn.places} == {("cuda", 1)}
+    work = prepare(engine.meta, rgb, MULTISCALE_FLIP, outputs)
+    runs = sum(-(-min(work.chunk, g.num_tiles - a) // 3) for g in work.geometry
+               for a in range(0, g.num_tiles, work.chunk))
+    assert sum(1 for what, _, _ in CudaStandIn.places if what == "output logits") == runs
+    assert sum(1 for what, _, _ in CudaStandIn.places if what == "output total_out") > len(work.geometry)
+    _keeps_the_rule(labels, _official(engine, rgb, MULTISCALE_FLIP))
