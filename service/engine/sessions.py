@@ -48,6 +48,7 @@ from service.contract.artifact import INPUT_NAME, LABELS_NAME, OUTPUT_NAME, Arti
 from service.contract.description import ARTIFACT_CALL, read_description
 from service.engine.adapt import GraphAdapter
 from service.engine.device_kit import DEVICE_LOGITS, DeviceBatch, DeviceKit
+from service.engine.host_buffers import HostBuffers
 from service.engine.isa import cpu_flags, int8_warning
 from service.engine.options import cuda_driver_error, cuda_options, intra_op_threads_for, session_options
 
@@ -78,6 +79,10 @@ class _Session:
     session: Any
     binding: Any
     lock: threading.Lock
+    buffers: HostBuffers | None = None  # on CUDA: the host buffers its outputs are copied into, reused
+
+    def host_buffer(self, shape: tuple[int, ...], dtype: type[np.generic]) -> npt.NDArray[Any]:
+        return np.empty(shape, dtype=dtype) if self.buffers is None else self.buffers.take(shape, dtype)
 
 
 class Engine:
@@ -129,8 +134,8 @@ class Engine:
                 raise RuntimeError(f"session {i} of {path.name} came up on {s.get_providers()[0]}, "
                                    f"session 0 on {self.provider}")
             made.append(s)
-        self._sessions = [_Session(s, s.io_binding(), threading.Lock())
-                          for s in made]
+        self._sessions = [_Session(s, s.io_binding(), threading.Lock(),
+                                   HostBuffers() if self.provider == CUDA else None) for s in made]
         #: the stitch graphs on this engine's device, when batches may leave logits there
         self.device_kit = self._device_kit(device_stitch, device_id)
         log.info("engine: %s on %s (requested %s), tile %s, %d classes, outputs %s, max batch %d, "
@@ -255,7 +260,8 @@ class Engine:
         """The outputs ``names`` (of :attr:`outputs`) for ``tiles``, on session ``session``.
 
         Only those outputs are fetched: ``logits`` ``(N, C, H, W)`` float32, ``labels``
-        ``(N, H, W)`` uint8 (uint16 beyond 256 classes). Every call returns fresh arrays.
+        ``(N, H, W)`` uint8 (uint16 beyond 256 classes). Every call returns arrays nobody else
+        holds (on CUDA, buffers of :mod:`service.engine.host_buffers` reused once unreferenced).
         With a device kit, :data:`DEVICE_LOGITS`: the logits left on the device, a
         :class:`~service.engine.device_kit.DeviceBatch`.
         """
@@ -283,9 +289,10 @@ class Engine:
         # IO binding: ORT copies the input host->device and writes each bound output straight into
         # our host buffer, one copy each way, with device memory from its arena (no per-call
         # cudaMalloc once warm). Only the outputs asked for are bound, so only they come down (labels
-        # alone: one byte per pixel instead of 4 x classes). Host buffers are fresh per call because
-        # callers keep them. On CPU, large outputs take this road too: ORT's own outputs come from
-        # its arena, which keeps every byte it ever handed out (a request holding 40 tiles of
+        # alone: one byte per pixel instead of 4 x classes). Callers keep the host buffers: on CUDA
+        # each is lent again once no view of it is alive (host_buffers.py: fresh pages made the copy
+        # slow). On CPU, large outputs take this road too, into fresh buffers: ORT's own outputs come
+        # from its arena, which keeps every byte it ever handed out (a request holding 40 tiles of
         # 150-class logits grew it by 5 GB for good); ours go back to the system when dropped.
         n, _, h, w = tiles.shape
         shapes = {OUTPUT_NAME: (n, self.meta.num_classes, h, w), LABELS_NAME: (n, h, w)}
@@ -294,7 +301,7 @@ class Engine:
         b.clear_binding_outputs()  # outputs bound by an earlier call must not come down again
         out: dict[str, npt.NDArray[Any]] = {}
         for name in names:
-            buf = np.empty(shapes[name], dtype=self._dtypes[name])
+            buf = slot.host_buffer(shapes[name], self._dtypes[name])
             b.bind_output(name, "cpu", 0, buf.dtype.type, list(buf.shape), buf.ctypes.data)
             out[name] = buf
         slot.session.run_with_iobinding(b)
@@ -317,7 +324,7 @@ class Engine:
         b.bind_output(OUTPUT_NAME if adapter is None else adapter.call.output_name, kit.device, kit.device_id)
         out: dict[str, Any] = {}
         if LABELS_NAME in names:
-            out[LABELS_NAME] = np.empty((n, h, w), dtype=self._dtypes[LABELS_NAME])
+            out[LABELS_NAME] = slot.host_buffer((n, h, w), self._dtypes[LABELS_NAME])
             b.bind_output(LABELS_NAME, "cpu", 0, out[LABELS_NAME].dtype.type, [n, h, w],
                           out[LABELS_NAME].ctypes.data)
         slot.session.run_with_iobinding(b)
