@@ -29,10 +29,16 @@ from service.protocol.windows import Overlap, ScaleGeometry, count_tiles, cover,
 
 def device_bytes(geometry: Sequence[ScaleGeometry], image_size: tuple[int, int], classes: int,
                  tile: tuple[int, int]) -> int:
-    """Device bytes a request's stitch holds at its peak: two of the largest scale's sums (a
-    graph's input and output), two image-size sums, a window's softmax and its mirror's."""
+    """Device bytes a request's stitch holds at its peak (float32, ``classes`` values a pixel), the
+    larger of the two phases: adding a window (the image's sum so far; the scale's sum in, the window
+    padded to the scale, the sum out; a window's softmax, its mirror's and their average, about five
+    tiles) and folding a scale (its sum and its divided probabilities; the resized scale, the image's
+    sum in and out)."""
     scale = max(g.size[0] * g.size[1] for g in geometry)
-    return 4 * classes * (2 * scale + 2 * image_size[0] * image_size[1] + 4 * tile[0] * tile[1])
+    image = image_size[0] * image_size[1]
+    window_phase = image + 3 * scale + 5 * tile[0] * tile[1]
+    fold_phase = 2 * scale + 3 * image
+    return 4 * classes * max(window_phase, fold_phase)
 
 
 class DeviceStitcher:

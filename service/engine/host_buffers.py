@@ -10,8 +10,9 @@ reference count says so; no bookkeeping by the callers).
 
 Each shape keeps at most ``keep`` buffers, and the pool at most ``max_bytes`` in all (a batch of 8
 logits of a 150-class model at 473x473 is 1.1 GB: such a buffer is never kept); a busy server lends
-them all and then allocates fresh ones as before, which it drops when done. The engine uses this on CUDA only: on the CPU, large
-outputs take fresh buffers on purpose (they go back to the system; sessions.py ``OWN_OUTPUT_BYTES``).
+them all and then allocates fresh ones as before, which it drops when done. The engine uses this on
+CUDA only: on the CPU, large outputs take fresh buffers on purpose (they go back to the system;
+sessions.py ``OWN_OUTPUT_BYTES``).
 
 Tested by tests/service/engine/test_host_buffers.py.
 """
