@@ -158,7 +158,12 @@ class Engine:
         if why:
             log.info("engine: %s is stitched on the host: %s", self.path.name, why)
             return None
-        kit = DeviceKit(self.provider, device_id)
+        try:
+            kit = DeviceKit(self.provider, device_id)
+        except Exception as e:  # ORT raises its own types; the host stitch serves regardless
+            log.warning("engine: %s is stitched on the host: the stitch graphs did not load on %s: %s",
+                        self.path.name, self.provider, e)
+            return None
         log.info("engine: %s is stitched on %s (its logits stay there)", self.path.name, kit.device)
         return kit
 

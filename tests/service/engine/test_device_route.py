@@ -20,6 +20,7 @@ from service.api.v2.codec import HEADER_LENGTH
 from service.codec.decode import NO_LIMITS, decode
 from service.contract.artifact import LABELS_NAME, OUTPUT_NAME
 from service.contract.soft import Soft
+from service.engine import sessions
 from service.engine.adapt import resize_bilinear
 from service.engine.batcher import TileBatcher
 from service.engine.device_kit import DEVICE_LOGITS, DeviceBatch, DeviceBudget, DeviceKit
@@ -62,6 +63,18 @@ def test_the_kit_is_made_on_cuda_by_default_and_anywhere_when_asked(tiny: Path, 
         assert Engine(one_by_one, provider="cpu", device_stitch="on").device_kit is None
     assert "stitched on the host: it gives labels only" in caplog.text
     assert "stitched on the host: it takes a fixed batch of 1" in caplog.text
+
+
+def test_stitch_graphs_that_do_not_load_leave_the_host_stitch(tiny: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(sessions, "DeviceKit", broken)
+    with caplog.at_level(logging.WARNING, logger="service.engine"):
+        engine = Engine(tiny, provider="cpu", device_stitch="on")
+    assert engine.device_kit is None and engine.run_names == ("logits", "labels")
+    assert "the stitch graphs did not load on CPUExecutionProvider: no kernel image" in caplog.text
 
 
 def test_a_batch_leaves_its_logits_on_the_device_and_fetches_the_rest(tiny: Path) -> None:
