@@ -66,8 +66,8 @@ class Settings(BaseSettings):
         "in float32; logits never come to the host): auto = with CUDA; on = also on the CPU; off = the "
         "exact float64 stitch on the host")
     device_stitch_mb: int = Field(
-        2048, ge=0, description="device memory the stitches of each worker may hold at once; a request "
-        "that does not fit now is stitched on the host")
+        4096, ge=0, description="device memory the stitches of the whole server (every worker, every model) "
+        "may hold at once; a request that does not fit now is stitched on the host")
     cpu_workers: int = Field(2, ge=1, le=64,
                              description="threads for decode, resize, stitch and encode (in each worker)")
     workers: int | Literal["auto"] = Field(

@@ -40,6 +40,7 @@ from service.api.v1 import routes as routes_v1
 from service.api.v2 import routes as routes_v2
 from service.contract.version import server_version
 from service.engine.admission import MemoryBudget
+from service.engine.device_kit import DeviceBudget
 from service.repository.reload import load_first, reload
 from service.repository.state import Service
 from service.repository.workers import WorkerBoard
@@ -65,7 +66,9 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None,
     service = Service(settings=settings, metrics=metrics, tracing=tracing, board=board,
                       memory=MemoryBudget(settings.max_memory_mb * 2**20,
                                           on_reject=lambda: metrics.on_reject("memory"),
-                                          shared=None if board is None else board.memory))
+                                          shared=None if board is None else board.memory),
+                      device=DeviceBudget(settings.device_stitch_mb * 2**20,
+                                          shared=None if board is None else board.device))
 
     def background(coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)

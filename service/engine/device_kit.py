@@ -28,6 +28,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from service.engine.held import SharedHeld
+
 log = logging.getLogger("service.engine")
 
 #: the runner output of logits left on the device (a :class:`DeviceBatch` per batch)
@@ -184,18 +186,30 @@ class DeviceKit:
 
 
 class DeviceBudget:
-    """Bytes of the device the stitches of this process may hold at once; a request that does not fit
-    now is stitched on the host instead (never queued: the host road is always there)."""
+    """Bytes of the device the stitches of the server may hold at once; a request that does not fit
+    now is stitched on the host instead (never queued: the host road is always there).
 
-    def __init__(self, limit_bytes: int) -> None:
+    ``shared``: with ``--workers N`` every worker's stitches in one slots file
+    (service/engine/held.py), so the limit is the whole server's, checked and taken under its lock.
+    """
+
+    def __init__(self, limit_bytes: int, shared: SharedHeld | None = None) -> None:
         self.limit = limit_bytes
-        self.held = 0
+        self.held = 0  # this process's
         self.declined = 0  # requests sent to the host road for want of room
+        self._shared = shared
         self._lock = threading.Lock()
 
     def take(self, nbytes: int) -> bool:
         with self._lock:
-            if self.held + nbytes > self.limit:
+            if self._shared is None:
+                ok = self.held + nbytes <= self.limit
+            else:
+                with self._shared.locked() as slots:
+                    ok = int(slots.sum()) + nbytes <= self.limit
+                    if ok:
+                        slots[self._shared.slot] += nbytes
+            if not ok:
                 self.declined += 1
                 return False
             self.held += nbytes
@@ -204,3 +218,6 @@ class DeviceBudget:
     def give(self, nbytes: int) -> None:
         with self._lock:
             self.held -= nbytes
+            if self._shared is not None:
+                with self._shared.locked() as slots:
+                    slots[self._shared.slot] -= nbytes

@@ -35,7 +35,7 @@ class ReloadReport:
 
 
 async def _load(entry: ModelEntry, service: Service, *, warm: bool) -> ModelRuntime:
-    rt = await start_model(entry, service.settings, service.metrics, service.board)
+    rt = await start_model(entry, service.settings, service.metrics, service.board, service.device)
     if warm:
         try:
             await rt.warm_up(service.settings)

@@ -160,9 +160,10 @@ class ModelRuntime:
 
 
 async def start_model(entry: ModelEntry, settings: Settings, metrics: Metrics,
-                      board: WorkerBoard | None = None) -> ModelRuntime:
+                      board: WorkerBoard | None = None, device: DeviceBudget | None = None) -> ModelRuntime:
     """Load ``entry``'s engine (in a thread) and start its batcher; warm-up is the caller's next step.
-    ``board``: with several workers, the statistics are this worker's row of the version's folder."""
+    ``board``: with several workers, the statistics are this worker's row of the version's folder.
+    ``device``: the server's bound on device stitches (None: one of this model's own)."""
     identity = FileIdentity.of(entry.path)
     engine = await asyncio.to_thread(
         Engine, entry.path, provider=settings.provider, intra_op_threads=settings.intra_op_threads,
@@ -192,7 +193,7 @@ async def start_model(entry: ModelEntry, settings: Settings, metrics: Metrics,
     metrics.set_model_info(m.name, dataset=m.dataset, provider=engine.provider,
                            tile=f"{m.tile[0]}x{m.tile[1]}", classes=str(m.num_classes))
     kit = engine.device_kit
-    device = None if kit is None else DeviceStitching(
-        kit, DeviceBudget(settings.device_stitch_mb << 20),
+    stitching = None if kit is None else DeviceStitching(
+        kit, device if device is not None else DeviceBudget(settings.device_stitch_mb << 20),
         on_route=lambda route: metrics.stitches.labels(model=entry.name, route=route).inc())
-    return ModelRuntime(entry, identity, engine, batcher, health, stats, device)
+    return ModelRuntime(entry, identity, engine, batcher, health, stats, stitching)

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from service.codec.outputs import FORMATS
 from service.contract.artifact import MODES
 from service.engine.admission import MemoryBudget
+from service.engine.device_kit import DeviceBudget
 from service.errors import BadRequest, NotFound, NotReady
 from service.repository.directory import ModelEntry
 from service.repository.runtime import ModelRuntime
@@ -35,6 +36,7 @@ class Service:
     metrics: Metrics
     tracing: Tracing
     memory: MemoryBudget
+    device: DeviceBudget | None = None  # the device stitches' bound (every model's, every worker's)
     executor: ThreadPoolExecutor | None = None
     models: dict[str, ModelRuntime] = field(default_factory=dict)
     #: files of the repository that are not served, by file name

@@ -5,6 +5,7 @@ The supervisor (service/workers/) makes the folder and starts each worker with i
 
     metrics/            Prometheus's files (PROMETHEUS_MULTIPROC_DIR) and supervisor.json
     memory.bin          the bytes each worker's requests hold (service/engine/held.py)
+    device.bin          the device bytes each worker's stitches hold (service/engine/device_kit.py)
     status/<slot>.json  each worker's state, replaced about four times a second
     stats/<model>@<version>/<pid>-<ns>.bin   each worker's statistics row (repository/stats.py)
 
@@ -58,6 +59,7 @@ def prepare(root: Path, count: int) -> None:
     for sub in ("metrics", "status", "stats"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     SharedHeld.create(root / "memory.bin", count)
+    SharedHeld.create(root / "device.bin", count)
 
 
 def _write(path: Path, body: dict[str, Any]) -> None:
@@ -108,6 +110,7 @@ class WorkerBoard:
         self.root = Path(place.root)
         self.pid = os.getpid()
         self.memory = SharedHeld(self.root / "memory.bin", place.slot)
+        self.device = SharedHeld(self.root / "device.bin", place.slot)
         self.replacing = place.replacement  # a replacement not ready yet: the others do not wait for it
 
     def stats_folder(self, key: str) -> Path:

@@ -140,6 +140,7 @@ class Supervisor:
         self.restarts[ended] += 1
         forget_process(self.metrics_dir, proc.pid)
         SharedHeld(self.root / "memory.bin").clear(slot)
+        SharedHeld(self.root / "device.bin").clear(slot)
         mark_replacing(self.root, slot)
         lived = time.monotonic() - self.started_at[slot]
         self.quick[slot] = self.quick[slot] + 1 if lived < QUICK_DEATH_S else 0

@@ -16,6 +16,7 @@ pixel by construction, so only the margin part applies to them.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -24,6 +25,7 @@ import pytest
 from service.contract.soft import Soft
 from service.engine.device_kit import DeviceBatch, DeviceBudget, DeviceKit, DeviceRows
 from service.engine.device_stitch import DeviceStitcher, DeviceStitching, device_bytes
+from service.engine.held import SharedHeld
 from service.protocol.plan import TilePlan
 from tests.service.protocol.test_stitch import PLANS, _plan, make_logits
 from tests.service.stitch_oracle import stitch_float64
@@ -177,3 +179,16 @@ def test_rows_assembled_from_batches_locate_each_row(kit: DeviceKit) -> None:
         batch[0:7:2]
     with pytest.raises(ValueError, match="do not fill"):
         rows[0:2] = batch[0:3]
+
+
+def test_with_workers_the_budget_is_the_whole_servers(tmp_path: Path) -> None:
+    SharedHeld.create(tmp_path / "device.bin", 2)
+    mine = DeviceBudget(100, shared=SharedHeld(tmp_path / "device.bin", 0))
+    other = DeviceBudget(100, shared=SharedHeld(tmp_path / "device.bin", 1))  # another worker's
+    assert other.take(70)
+    assert not mine.take(40) and mine.declined == 1  # 70 + 40 > 100, whoever holds the 70
+    assert mine.take(30) and SharedHeld(tmp_path / "device.bin").total() == 100
+    other.give(70)
+    assert mine.take(40)
+    mine.give(70)
+    assert SharedHeld(tmp_path / "device.bin").total() == 0 and mine.held == 0
