@@ -86,6 +86,18 @@ class DeviceRows:
     def __len__(self) -> int:
         return self.rows
 
+    def __getitem__(self, part: slice) -> DeviceRows:
+        """Rows ``part`` (consecutive) of these, the pieces they lie in."""
+        start, stop, step = part.indices(self.rows)
+        if step != 1:
+            raise ValueError("device rows are taken in consecutive runs")
+        out = DeviceRows(max(stop - start, 0))
+        for a, b, value, at in self.pieces:
+            lo, hi = max(a, start), min(b, stop)
+            if lo < hi:
+                out.pieces.append((lo - start, hi - start, value, at + lo - a))
+        return out
+
     def __setitem__(self, part: slice, rows: DeviceRows) -> None:
         """Place ``rows`` at ``part`` (how a request split over batches is assembled)."""
         start, stop, _ = part.indices(self.rows)

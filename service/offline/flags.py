@@ -26,8 +26,10 @@ def add_inference_flags(p: argparse.ArgumentParser) -> None:
 
 def load_engine(args: argparse.Namespace) -> Engine:
     try:
+        # segment has --device-stitch; evaluate has not: it scores the exact host stitch
         return Engine(args.model, provider=args.provider, intra_op_threads=args.threads,
-                      inter_op_threads=1, max_batch=args.max_batch)
+                      inter_op_threads=1, max_batch=args.max_batch,
+                      device_stitch=getattr(args, "device_stitch", "off"))
     except ArtifactError as e:
         print(f"pspnet-serve: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.contract.artifact import OUTPUT_NAME
-from service.pipeline.runner import OutputsEngine
+from service.pipeline.runner import OutputsEngine, join_rows
 
 
 class BatchFailed(RuntimeError):
@@ -56,8 +56,10 @@ class TilePool:
         self.engine = engine
         self.max_batch = max_batch
         self._clock = clock
-        self._queues: dict[str, deque[_Image]] = {name: deque() for name in engine.outputs}
-        self._queued = dict.fromkeys(engine.outputs, 0)
+        # an engine that can leave logits on its device offers that too (service.engine.device_kit)
+        names = getattr(engine, "run_names", engine.outputs)
+        self._queues: dict[str, deque[_Image]] = {name: deque() for name in names}
+        self._queued = dict.fromkeys(names, 0)
         self._seconds: dict[object, float] = {}
 
     @property
@@ -136,8 +138,14 @@ class TilePool:
             offset += stop - start
         while queue and queue[0].taken == len(queue[0].tiles):
             image = queue.popleft()
-            if not image.future.done():  # done: its task was cancelled
-                image.future.set_result(image.rows[0] if len(image.rows) == 1 else np.concatenate(image.rows))
+            if image.future.done():  # its task was cancelled
+                continue
+            try:
+                rows = join_rows(image.rows)
+            except Exception as e:  # never leave an image waiting on rows that cannot be joined
+                image.future.set_exception(BatchFailed(f"inference failed: {e}"))
+                continue
+            image.future.set_result(rows)
 
     def _drop(self, output: str, failed: set[_Image], error: str) -> None:
         queue = self._queues[output]

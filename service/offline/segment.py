@@ -76,6 +76,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_name", metavar="NAME",
                    help="--output probability: the class whose probability to write")
     p.add_argument("--overwrite", action="store_true", help="redo inputs whose output is already there")
+    p.add_argument("--device-stitch", choices=("auto", "on", "off"), default="auto",
+                   help="stitch on the device the batches ran on (float32; auto: with CUDA), or off: the "
+                        "exact float64 host stitch (as the server's PSPNET_DEVICE_STITCH)")
+    p.add_argument("--device-stitch-mb", type=int, default=4096, metavar="MB",
+                   help="device memory the stitches may hold at once (each Ray actor its own)")
     add_settings_flags(p, only=OUTPUT_SETTINGS)
     add_inference_flags(p)
     r = p.add_argument_group("Ray", "run as a Ray Data pipeline (needs the ray extra)")
@@ -140,7 +145,8 @@ def _segment(argv: list[str]) -> int:
     # absolute: Ray's workers do not share the driver's working folder
     config = BulkConfig(model=args.model.absolute(), params=params, output=args.output, options=options,
                         out=args.out.absolute(), max_pixels=settings.max_pixels, provider=args.provider,
-                        threads=args.threads, max_batch=args.max_batch)
+                        threads=args.threads, max_batch=args.max_batch, device_stitch=args.device_stitch,
+                        device_stitch_mb=args.device_stitch_mb)
     if ray_opts is not None:
         from service.offline.on_ray import RayUnavailable, import_ray
 

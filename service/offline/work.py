@@ -30,7 +30,9 @@ from service.codec.encode import class_summary
 from service.codec.outputs import OutputOptions, encode_output, soft_request
 from service.codec.sniff import declared_size, sniff_format
 from service.contract.artifact import ArtifactMeta
-from service.engine.sessions import Engine, ProviderChoice
+from service.engine.device_kit import DeviceBudget
+from service.engine.device_stitch import DeviceStitching
+from service.engine.sessions import DeviceStitchChoice, Engine, ProviderChoice
 from service.errors import ServiceError
 from service.offline.inputs import read_input
 from service.offline.manifest import Record, atomic_write
@@ -62,6 +64,8 @@ class BulkConfig:
     provider: ProviderChoice = "auto"
     threads: int = 0
     max_batch: int = 4
+    device_stitch: DeviceStitchChoice = "auto"  # on CUDA: the stitch on the GPU (engine/device_stitch.py)
+    device_stitch_mb: int = 4096
 
     @property
     def limits(self) -> DecodeLimits:
@@ -127,8 +131,10 @@ class Segmenter:
         self.config = config
         self.engine = engine if engine is not None else Engine(
             config.model, provider=config.provider, intra_op_threads=config.threads, inter_op_threads=1,
-            max_batch=config.max_batch)
-        self.chain = Chain(self.engine.meta, config.limits)
+            max_batch=config.max_batch, device_stitch=config.device_stitch)
+        kit = self.engine.device_kit
+        self.chain = Chain(self.engine.meta, config.limits, device=None if kit is None else DeviceStitching(
+            kit, DeviceBudget(config.device_stitch_mb << 20)))
         #: what a soft format (confidence, probability) writes in place of the labels
         self.soft = soft_request(config.output, self.engine.meta, config.options)
         self.pool = TilePool(self.engine, config.max_batch)

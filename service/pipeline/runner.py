@@ -69,6 +69,21 @@ class DeviceStitching(Protocol):
                  tile: tuple[int, int]) -> RowsStitcher | None: ...
 
 
+def join_rows(parts: Sequence[Any]) -> Any:
+    """One submission's rows from the batches that held them, in order: numpy rows concatenated, or
+    logits left on the device (:class:`service.engine.device_kit.DeviceRows`) pieced together."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    rows = parts[0].empty(sum(len(p) for p in parts))
+    start = 0
+    for part in parts:
+        rows[start:start + len(part)] = part[0:len(part)]
+        start += len(part)
+    return rows
+
+
 class OutputsEngine(Protocol):
     """What :class:`EngineRunner` needs of :class:`service.engine.sessions.Engine`."""
 
@@ -98,13 +113,7 @@ class EngineRunner:
         step = self.max_batch
         parts = [self.engine.run_outputs(tiles[i:i + step], (output,))[output]
                  for i in range(0, len(tiles), step)]
-        if len(parts) == 1:
-            return parts[0]
-        if isinstance(parts[0], np.ndarray):
-            return np.concatenate(parts)
-        rows = parts[0].empty(len(tiles))  # logits left on the device: one set of rows over the batches
-        for i, part in zip(range(0, len(tiles), step), parts, strict=True):
-            rows[i:i + len(part)] = part[0:len(part)]
+        rows: np.ndarray = join_rows(parts)
         return rows
 
     async def submit(self, tiles: np.ndarray, *, deadline: float = math.inf,

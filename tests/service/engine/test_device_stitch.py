@@ -174,6 +174,11 @@ def test_rows_assembled_from_batches_locate_each_row(kit: DeviceKit) -> None:
         np.testing.assert_array_equal(value.numpy()[index[0]], logits[i])
     with pytest.raises(IndexError):
         rows.locate(7)
+    middle = rows[1:5]  # across all three batches
+    assert len(middle) == 4
+    for i in range(4):
+        value, index = middle.locate(i)
+        np.testing.assert_array_equal(value.numpy()[index[0]], logits[1 + i])
     batch = DeviceBatch(to_device(logits), 7)
     with pytest.raises(ValueError, match="consecutive"):
         batch[0:7:2]

@@ -183,3 +183,18 @@ def test_what_the_pool_refuses() -> None:
     pool = TilePool(FakeEngine(), max_batch=2)
     with pytest.raises(ValueError, match="no output 'labels'"):
         asyncio.run(pool.submit(tiles_of(0, 1), deadline=0.0, output="labels"))
+
+
+def test_rows_that_cannot_be_joined_fail_their_image_without_a_hang() -> None:
+    class Ragged(FakeEngine):  # the second batch's rows have another shape: no array holds both
+        def run_outputs(self, tiles: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+            out = super().run_outputs(tiles, names)
+            return {k: v[:, :, :, 0] if len(self.batches) == 2 else v for k, v in out.items()}
+
+    engine = Ragged()
+    pool = TilePool(engine, max_batch=2, clock=engine.clock)
+    # batch 1: [0, 1a]; batch 2: [1b, 2a]: image 1's rows cannot be joined; image 2's (one batch each) can
+    results = run(pool, [("logits", 1), ("logits", 2), ("logits", 1)])
+    assert isinstance(results[1][0], BatchFailed) and "inference failed" in str(results[1][0])
+    np.testing.assert_array_equal(results[0][0], expected("logits", 0, 1))
+    assert results[2][0].shape == (1, 1, 1) and pool.waiting == 0
