@@ -6,8 +6,8 @@
 #
 # Every step is timed; a failed check is reported and the others still run; exit 1 if any failed.
 #   build-cpu, build-gpu  `docker build` as docs/DEPLOYMENT.md has it (BuildKit on), with the base
-#                         and the OCI label arguments; the image's size, labels, and
-#                         `pspnet-serve --version` answered inside it
+#                         and the OCI label arguments; the image's size, labels,
+#                         `pspnet-serve --version` answered inside it, the stitch graphs loading
 #   cpu-ready             `docker run -p ... --stop-timeout 75 pspnet-serving:cpu` (the documented line)
 #                         until /readyz answers 200: the ready time
 #   cpu-outputs           a generated street photo (JPEG 960x720) through /v1/segment, raw body and
@@ -119,6 +119,11 @@ built() {  # built FLAVOUR IMAGE [fresh]: labels (this checkout's, when fresh) a
     answer=$(d run --rm "$2" --version) || fail "--version failed" || return 1
     say "  $answer"
     [[ $answer == "pspnet-serve $version, ONNX Runtime "* ]] || fail "unexpected --version: $answer"
+    # the stitch graphs are package data (service/engine/graphs): every one loads in the image
+    answer=$(d run --rm --network none --entrypoint python "$2" -c 'from service.engine.device_kit import \
+DeviceKit, GRAPH_NAMES; DeviceKit("CPUExecutionProvider"); print(len(GRAPH_NAMES), "stitch graphs load")') ||
+        fail "the stitch graphs do not load in $2" || return 1
+    say "  $answer"
     figure[size-$1]="$(mb "$2") MB"
     say "  $2: ${figure[size-$1]}"
 }

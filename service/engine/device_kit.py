@@ -22,7 +22,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +34,8 @@ log = logging.getLogger("service.engine")
 
 #: the runner output of logits left on the device (a :class:`DeviceBatch` per batch)
 DEVICE_LOGITS = "logits@device"
+#: whether batches may leave their logits on the device for the stitch graphs: "auto" on CUDA only
+DeviceStitchChoice = Literal["auto", "on", "off"]
 CUDA = "CUDAExecutionProvider"
 #: the graphs the kit loads, by file stem (model/device_graphs.py makes each)
 GRAPH_NAMES = ("window", "window_flip", "fold", "labels_uint8", "labels_uint16", "confidence", "probability",
@@ -195,6 +197,32 @@ class DeviceKit:
         self.run("probability", {"total": total, "class_index": np.array(0, np.int64), "count": count},
                  to_host=True)
         self.run("probabilities", {"total": total, "count": count}, to_host=True)
+
+
+def kit_for(choice: DeviceStitchChoice, provider: str, device_id: int, *, name: str, has_logits: bool,
+            one_by_one: bool) -> DeviceKit | None:
+    """The stitch graphs' kit for an engine on ``provider`` serving model ``name``: "on" anywhere,
+    "auto" on CUDA; never for a model without logits, or one that takes a fixed batch of 1 (its
+    tiles' logits come in separate values); None, with a warning, when the graphs do not load."""
+    if choice not in ("auto", "on", "off"):
+        raise ValueError(f"device_stitch must be auto, on or off, not {choice!r}")
+    if choice == "off" or (choice == "auto" and provider != CUDA):
+        return None
+    why = "it gives labels only" if not has_logits else "it takes a fixed batch of 1" if one_by_one else None
+    if why:
+        log.info("engine: %s is stitched on the host: %s", name, why)
+        return None
+    try:
+        kit = DeviceKit(provider, device_id)
+    except Exception as e:  # ORT raises its own types; the host stitch serves regardless
+        log.warning("engine: %s is stitched on the host: the stitch graphs did not load on %s: %s",
+                    name, provider, e)
+        return None
+    log.info("engine: %s is stitched on %s (its logits stay there)", name, kit.device)
+    if provider != CUDA:  # ORT's float32 CPU kernels: about 4x the host stitch's CPU (BENCHMARKS.md)
+        log.warning("engine: the device stitch on %s is slower than the exact host stitch: for tests",
+                    provider)
+    return kit
 
 
 class DeviceBudget:

@@ -47,7 +47,7 @@ import onnxruntime as ort
 from service.contract.artifact import INPUT_NAME, LABELS_NAME, OUTPUT_NAME, ArtifactError, Tiles, label_dtype
 from service.contract.description import ARTIFACT_CALL, read_description
 from service.engine.adapt import GraphAdapter
-from service.engine.device_kit import DEVICE_LOGITS, DeviceBatch, DeviceKit
+from service.engine.device_kit import DEVICE_LOGITS, DeviceBatch, DeviceStitchChoice, kit_for
 from service.engine.host_buffers import HostBuffers
 from service.engine.isa import cpu_flags, int8_warning
 from service.engine.options import cuda_driver_error, cuda_options, intra_op_threads_for, session_options
@@ -55,8 +55,6 @@ from service.engine.options import cuda_driver_error, cuda_options, intra_op_thr
 log = logging.getLogger("service.engine")  # the name log lines had
 
 ProviderChoice = Literal["auto", "cuda", "cpu"]
-#: whether batches may leave their logits on the device for the stitch graphs: "auto" on CUDA only
-DeviceStitchChoice = Literal["auto", "on", "off"]
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 #: the outputs of the artifact contract the engine can fetch, in the order it lists them
@@ -137,35 +135,15 @@ class Engine:
         self._sessions = [_Session(s, s.io_binding(), threading.Lock(),
                                    HostBuffers() if self.provider == CUDA else None) for s in made]
         #: the stitch graphs on this engine's device, when batches may leave logits there
-        self.device_kit = self._device_kit(device_stitch, device_id)
+        self.device_kit = kit_for(device_stitch, self.provider, device_id, name=path.name,
+                                  has_logits=OUTPUT_NAME in self.outputs,
+                                  one_by_one=self._adapter is not None and self._adapter.call.batch == 1)
         log.info("engine: %s on %s (requested %s), tile %s, %d classes, outputs %s, max batch %d, "
                  "%d session(s) x %s intra-op threads", path.name, self.provider, provider, self.meta.tile,
                  self.meta.num_classes, ", ".join(self.outputs), max_batch, sessions,
                  self.intra_op_threads or "default")
         if call.batch == 1:
             log.info("engine: %s takes a fixed batch of 1: its tiles run one at a time", path.name)
-
-    def _device_kit(self, choice: DeviceStitchChoice, device_id: int) -> DeviceKit | None:
-        """The stitch graphs' kit: "on" anywhere, "auto" on CUDA; never for a model without logits or
-        one that takes a fixed batch of 1 (its tiles' logits come in separate values)."""
-        if choice not in ("auto", "on", "off"):
-            raise ValueError(f"device_stitch must be auto, on or off, not {choice!r}")
-        if choice == "off" or (choice == "auto" and self.provider != CUDA):
-            return None
-        one_by_one = self._adapter is not None and self._adapter.call.batch == 1
-        why = ("it gives labels only" if OUTPUT_NAME not in self.outputs else
-               "it takes a fixed batch of 1" if one_by_one else None)
-        if why:
-            log.info("engine: %s is stitched on the host: %s", self.path.name, why)
-            return None
-        try:
-            kit = DeviceKit(self.provider, device_id)
-        except Exception as e:  # ORT raises its own types; the host stitch serves regardless
-            log.warning("engine: %s is stitched on the host: the stitch graphs did not load on %s: %s",
-                        self.path.name, self.provider, e)
-            return None
-        log.info("engine: %s is stitched on %s (its logits stay there)", self.path.name, kit.device)
-        return kit
 
     @property
     def run_names(self) -> tuple[str, ...]:

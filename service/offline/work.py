@@ -30,9 +30,9 @@ from service.codec.encode import class_summary
 from service.codec.outputs import OutputOptions, encode_output, soft_request
 from service.codec.sniff import declared_size, sniff_format
 from service.contract.artifact import ArtifactMeta
-from service.engine.device_kit import DeviceBudget
+from service.engine.device_kit import DeviceBudget, DeviceStitchChoice
 from service.engine.device_stitch import DeviceStitching
-from service.engine.sessions import DeviceStitchChoice, Engine, ProviderChoice
+from service.engine.sessions import Engine, ProviderChoice
 from service.errors import ServiceError
 from service.offline.inputs import read_input
 from service.offline.manifest import Record, atomic_write

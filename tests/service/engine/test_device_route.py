@@ -20,7 +20,7 @@ from service.api.v2.codec import HEADER_LENGTH
 from service.codec.decode import NO_LIMITS, decode
 from service.contract.artifact import LABELS_NAME, OUTPUT_NAME
 from service.contract.soft import Soft
-from service.engine import sessions
+from service.engine import device_kit
 from service.engine.adapt import resize_bilinear
 from service.engine.batcher import TileBatcher
 from service.engine.device_kit import DEVICE_LOGITS, DeviceBatch, DeviceBudget, DeviceKit
@@ -59,10 +59,12 @@ def test_the_kit_is_made_on_cuda_by_default_and_anywhere_when_asked(tiny: Path, 
     labels_only = write(build_graph(tmp_path / "ids.onnx", kind="labels"), description(kind="labels"))
     one_by_one = write(build_graph(tmp_path / "one.onnx", batch=1), description(batch=1))
     with caplog.at_level(logging.INFO, logger="service.engine"):
+        assert Engine(tiny, provider="cpu", device_stitch="on").device_kit is not None
         assert Engine(labels_only, provider="cpu", device_stitch="on").device_kit is None
         assert Engine(one_by_one, provider="cpu", device_stitch="on").device_kit is None
     assert "stitched on the host: it gives labels only" in caplog.text
     assert "stitched on the host: it takes a fixed batch of 1" in caplog.text
+    assert "device stitch on CPUExecutionProvider is slower than the exact host stitch" in caplog.text
 
 
 def test_stitch_graphs_that_do_not_load_leave_the_host_stitch(tiny: Path, monkeypatch: pytest.MonkeyPatch,
@@ -70,7 +72,7 @@ def test_stitch_graphs_that_do_not_load_leave_the_host_stitch(tiny: Path, monkey
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("no kernel image is available for execution on the device")
 
-    monkeypatch.setattr(sessions, "DeviceKit", broken)
+    monkeypatch.setattr(device_kit, "DeviceKit", broken)
     with caplog.at_level(logging.WARNING, logger="service.engine"):
         engine = Engine(tiny, provider="cpu", device_stitch="on")
     assert engine.device_kit is None and engine.run_names == ("logits", "labels")
