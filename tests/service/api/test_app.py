@@ -8,7 +8,9 @@ import io
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -196,11 +198,29 @@ async def test_full_queue_sheds_with_503_at_once(model: Path, slow_engine: threa
         return real_decode(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(service.codec.decode, "decode_image", counting_decode)
+    running = threading.Event()
+    blocked = Engine.run_outputs  # slow_engine's: waits for the gate
+
+    def run(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        running.set()
+        return blocked(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "run_outputs", run)
+
+    async def until(done: Callable[[], bool]) -> None:  # polled, not slept: CI's cores may be busy
+        for _ in range(150):
+            if done():
+                return
+            await asyncio.sleep(0.02)
+
     async with serving(model, max_queue_tiles=4, max_batch=1, warmup=False) as c:
-        # the first request's tile is taken by the blocked runner, the next fill the queue
-        first = [asyncio.create_task(c.post("/v1/segment?mode=whole", **_raw(png_bytes())))
-                 for _ in range(5)]
-        await asyncio.sleep(0.5)
+        # the first request's tile is taken by the blocked runner, then four more fill the queue
+        first = [asyncio.create_task(c.post("/v1/segment?mode=whole", **_raw(png_bytes())))]
+        await until(running.is_set)
+        first += [asyncio.create_task(c.post("/v1/segment?mode=whole", **_raw(png_bytes())))
+                  for _ in range(4)]
+        batcher = c._transport.app.state.service.models["tiny"].batcher  # type: ignore[attr-defined]
+        await until(lambda: batcher.queue_depth == 4)
         decoded_before = len(decodes)
         t0 = time.perf_counter()
         shed = await c.post("/v1/segment?mode=whole", **_raw(png_bytes()))
