@@ -147,6 +147,8 @@ class DeviceKit:
         ran_on = {str(s.get_providers()[0]) for s in self._sessions.values()}
         if ran_on != {provider}:
             raise RuntimeError(f"the stitch graphs came up on {', '.join(sorted(ran_on))}, not {provider}")
+        # one zero on the device for every running sum's start: graphs never write their inputs
+        self._zero = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, 1), np.float32), self.device, device_id)
 
     def run(self, graph: str, feed: Feed, *, to_host: bool = False) -> Value:
         """Run ``graph`` on ``feed`` (values where they are, numpy arrays from the host); its one output,
@@ -169,8 +171,8 @@ class DeviceKit:
         return value.numpy() if to_host else value
 
     def zero(self) -> Value:
-        """A running sum's start: one zero, which every graph's Add broadcasts."""
-        return ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, 1), np.float32), self.device, self.device_id)
+        """A running sum's start: one zero, which every graph's Add broadcasts (shared, never written)."""
+        return self._zero
 
     def tile_logits(self, raw: Value, dtype: str, align_corners: bool,
                     size: tuple[int, int, int, int]) -> Value:
