@@ -95,6 +95,10 @@ class ModelInfo(BaseModel):
     modes: list[Mode]
     outputs: list[str]
     provider: str = Field(description="the ONNX Runtime execution provider in use")
+    stitch: str = Field(description=(
+        "where stitched requests are stitched: cuda (the GPU, PSPNET_DEVICE_STITCH; a request that does "
+        "not fit then goes to the host), cpu (the device stitch forced on the CPU), or host (the exact "
+        "float64 stitch)"))
     source: dict[str, Any]
     metrics: dict[str, Any]
     ready: bool = Field(description="warmed up and not failing: it takes requests")
@@ -125,6 +129,7 @@ class ModelReadiness(BaseModel):
     ready: bool
     reason: str | None
     provider: str
+    stitch: str = Field(description="cuda, cpu (the device stitch) or host, as in /v1/models")
 
 
 class WorkerReadiness(BaseModel):

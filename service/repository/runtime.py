@@ -103,6 +103,11 @@ class ModelRuntime:
         return self.engine.meta
 
     @property
+    def stitch(self) -> str:
+        """Where its stitched requests are stitched: the device kit's device, or ``host``."""
+        return "host" if self.device is None else self.device.kit.device
+
+    @property
     def ready(self) -> bool:
         return self.warmed and self.accepting and not self.health.failing
 

@@ -119,7 +119,7 @@ class Service:
             "model": default.name if default else None,
             "warmup_seconds": default.warmup_seconds if default else None,
             "models": [{"name": rt.name, "ready": rt.ready, "reason": rt.not_ready_reason(),
-                        "provider": rt.engine.provider} for rt in self.models.values()],
+                        "provider": rt.engine.provider, "stitch": rt.stitch} for rt in self.models.values()],
             **workers,
         }
 
@@ -132,7 +132,7 @@ class Service:
             "classes": [{"id": i, "name": n, "color": list(c)}
                         for i, (n, c) in enumerate(zip(m.classes, m.palette, strict=True))],
             "protocol": m.to_json()["protocol"], "modes": list(MODES), "outputs": list(FORMATS),
-            "provider": rt.engine.provider, "source": m.source, "metrics": m.metrics,
+            "provider": rt.engine.provider, "stitch": rt.stitch, "source": m.source, "metrics": m.metrics,
             "ready": rt.ready, "default": rt.name == self.default, "reason": rt.not_ready_reason(),
             "reload_error": rt.reload_error,
         }

@@ -138,6 +138,7 @@ async def test_models_and_readiness(model: Path) -> None:
         ready = (await c.get("/readyz")).json()
         models = (await c.get("/v1/models")).json()["models"][0]
     assert ready["ready"] is True and ready["provider"] == "CPUExecutionProvider"
+    assert [m["stitch"] for m in ready["models"]] == ["host"]  # PSPNET_DEVICE_STITCH=auto: host on the CPU
     assert models["tile"] == [32, 48] and len(models["classes"]) == 5
     assert models["classes"][2]["color"] == list(tiny_palette(5)[2])
     assert models["protocol"]["mode"] == "slide"

@@ -210,6 +210,8 @@ async def test_the_server_stitches_on_the_device_when_told(model: Path) -> None:
     async with serving(model, device_stitch="on") as c:
         on = _labels_and_probs(await c.post("/v2/models/tiny/infer", content=body, headers=headers))
         routes = metric_samples((await c.get("/metrics")).text, "pspnet_stitches_total")
+        assert (await c.get("/v1/models/tiny")).json()["stitch"] == "cpu"
+        assert (await c.get("/readyz")).json()["models"][0]["stitch"] == "cpu"
     assert routes == {'{model="tiny",route="device"}': 1.0}
     async with serving(model, device_stitch="on", device_stitch_mb=0) as c:  # nothing fits: the host road
         host = _labels_and_probs(await c.post("/v2/models/tiny/infer", content=body, headers=headers))
