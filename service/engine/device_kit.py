@@ -46,35 +46,6 @@ Value = Any  # an onnxruntime.OrtValue
 Feed = Mapping[str, "Value | npt.NDArray[Any]"]
 
 
-class DeviceBatch:
-    """One batch's logits ``(N, C, H, W)`` as the engine left them on its device."""
-
-    __slots__ = ("rows", "value")
-
-    def __init__(self, value: Value, rows: int) -> None:
-        self.value = value
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return self.rows
-
-    def __getitem__(self, part: slice) -> DeviceRows:
-        start, stop, step = part.indices(self.rows)
-        if step != 1:
-            raise ValueError("device rows are taken in consecutive runs")
-        rows = DeviceRows(stop - start)
-        rows.pieces.append((0, stop - start, self.value, start))
-        return rows
-
-    def empty(self, total: int) -> DeviceRows:
-        return DeviceRows(total)
-
-    def locate(self, row: int) -> tuple[Value, npt.NDArray[np.int64]]:
-        if not 0 <= row < self.rows:
-            raise IndexError(f"row {row} of {self.rows}")
-        return self.value, np.array([row], dtype=np.int64)
-
-
 class DeviceRows:
     """Consecutive tiles' logits on the device: pieces of one or several batches' outputs."""
 
@@ -118,6 +89,20 @@ class DeviceRows:
             if a <= row < b:
                 return value, np.array([at + row - a], dtype=np.int64)
         raise IndexError(f"row {row} has not arrived ({self.rows} rows)")
+
+
+class DeviceBatch(DeviceRows):
+    """One batch's logits ``(N, C, H, W)`` as the engine left them on its device: rows of one piece."""
+
+    __slots__ = ()
+
+    def __init__(self, value: Value, rows: int) -> None:
+        super().__init__(rows)
+        self.pieces.append((0, rows, value, 0))
+
+    @property
+    def value(self) -> Value:
+        return self.pieces[0][2]
 
 
 def kit_options(device_id: int) -> dict[str, str]:

@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from service.contract.artifact import OUTPUT_NAME, Tiles
-from service.engine.device_kit import DeviceBatch
+from service.engine.device_kit import DeviceRows
 
 Rows = Any  # one output's rows: float32 logits, uint8/uint16 labels (numpy), or DeviceRows
 
@@ -93,7 +93,7 @@ def run_batch(runner: OutputRunner, names: tuple[str, ...], parts: Sequence[Part
         raise RuntimeError(f"runner returned {type(out).__name__}, not a mapping of outputs")
     for name in names:
         got = out.get(name)
-        rows_like = (isinstance(got, np.ndarray) and got.ndim >= 1) or isinstance(got, DeviceBatch)
+        rows_like = (isinstance(got, np.ndarray) and got.ndim >= 1) or isinstance(got, DeviceRows)
         if got is None or not rows_like or len(got) != len(batch):
             raise RuntimeError(f"runner returned {getattr(got, 'shape', type(got))} as {name!r} "
                                f"for {len(batch)} tiles")
