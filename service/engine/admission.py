@@ -164,9 +164,9 @@ class MemoryBudget:
         if shared is None:
             self._check(need, self.in_flight, retry_after)
         else:
-            with shared.locked() as slots:  # checked and taken at once: no other worker in between
-                self._check(need, int(slots.sum()), retry_after)
-                slots[shared.slot] += need
+            taken, held = shared.take(need, self.limit)
+            if not taken:
+                self._check(need, held, retry_after)  # refuses: 413 or 503
         self.in_flight += need
         self.requests += 1
         try:
@@ -175,8 +175,7 @@ class MemoryBudget:
             self.in_flight -= need
             self.requests -= 1
             if shared is not None:
-                with shared.locked() as slots:
-                    slots[shared.slot] -= need
+                shared.give(need)
 
 
 def _mb(n: int) -> int:

@@ -107,9 +107,9 @@ class DeviceBatch(DeviceRows):
 
 def kit_options(device_id: int) -> dict[str, str]:
     """CUDA options of the kit's sessions: running sums are large and few, so the arena grows by
-    what is asked (the default doubles: a 1 GB sum could reserve 2), and nothing is searched."""
+    what is asked (the default doubles: a 1 GB sum could reserve 2)."""
     return {"device_id": str(device_id), "arena_extend_strategy": "kSameAsRequested",
-            "do_copy_in_default_stream": "1", "cudnn_conv_algo_search": "HEURISTIC"}
+            "do_copy_in_default_stream": "1"}
 
 
 class DeviceKit:
@@ -129,6 +129,7 @@ class DeviceKit:
         folder = resources.files("service.engine") / "graphs"
         self._sessions = {name: ort.InferenceSession((folder / f"{name}.onnx").read_bytes(), sess_options=so,
                                                      providers=providers) for name in GRAPH_NAMES}
+        self._output = {name: s.get_outputs()[0].name for name, s in self._sessions.items()}  # one each
         ran_on = {str(s.get_providers()[0]) for s in self._sessions.values()}
         if ran_on != {provider}:
             raise RuntimeError(f"the stitch graphs came up on {', '.join(sorted(ran_on))}, not {provider}")
@@ -146,7 +147,7 @@ class DeviceKit:
                 binding.bind_cpu_input(name, np.require(value, requirements="C"))
             else:
                 binding.bind_ortvalue_input(name, value)
-        out = session.get_outputs()[0].name
+        out = self._output[graph]
         if to_host:
             binding.bind_output(out, "cpu")
         else:
@@ -229,13 +230,8 @@ class DeviceBudget:
 
     def take(self, nbytes: int) -> bool:
         with self._lock:
-            if self._shared is None:
-                ok = self.held + nbytes <= self.limit
-            else:
-                with self._shared.locked() as slots:
-                    ok = int(slots.sum()) + nbytes <= self.limit
-                    if ok:
-                        slots[self._shared.slot] += nbytes
+            ok = (self.held + nbytes <= self.limit if self._shared is None
+                  else self._shared.take(nbytes, self.limit)[0])
             if not ok:
                 self.declined += 1
                 return False
@@ -246,5 +242,4 @@ class DeviceBudget:
         with self._lock:
             self.held -= nbytes
             if self._shared is not None:
-                with self._shared.locked() as slots:
-                    slots[self._shared.slot] -= nbytes
+                self._shared.give(nbytes)

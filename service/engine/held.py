@@ -53,6 +53,21 @@ class SharedHeld:
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def take(self, nbytes: int, limit: int) -> tuple[bool, int]:
+        """Add ``nbytes`` to this process's slot if every slot's total stays within ``limit``, checked and
+        taken at once (no other worker in between): whether it was taken, and the total before."""
+        with self.locked() as slots:
+            held = int(slots.sum())
+            if held + nbytes > limit:
+                return False, held
+            slots[self.slot] += nbytes
+            return True, held
+
+    def give(self, nbytes: int) -> None:
+        """Take ``nbytes`` back out of this process's slot."""
+        with self.locked() as slots:
+            slots[self.slot] -= nbytes
+
     def total(self) -> int:
         with self.locked() as slots:
             return int(slots.sum())

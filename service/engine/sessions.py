@@ -79,8 +79,11 @@ class _Session:
     lock: threading.Lock
     buffers: HostBuffers | None = None  # on CUDA: the host buffers its outputs are copied into, reused
 
-    def host_buffer(self, shape: tuple[int, ...], dtype: type[np.generic]) -> npt.NDArray[Any]:
-        return np.empty(shape, dtype=dtype) if self.buffers is None else self.buffers.take(shape, dtype)
+    def bind_to_host(self, name: str, shape: tuple[int, ...], dtype: type[np.generic]) -> npt.NDArray[Any]:
+        """A host buffer for output ``name`` (reused on CUDA, fresh elsewhere), bound to it."""
+        buf = np.empty(shape, dtype=dtype) if self.buffers is None else self.buffers.take(shape, dtype)
+        self.binding.bind_output(name, "cpu", 0, buf.dtype.type, list(buf.shape), buf.ctypes.data)
+        return buf
 
 
 class Engine:
@@ -282,11 +285,7 @@ class Engine:
         b = slot.binding
         b.bind_cpu_input(INPUT_NAME, tiles)
         b.clear_binding_outputs()  # outputs bound by an earlier call must not come down again
-        out: dict[str, npt.NDArray[Any]] = {}
-        for name in names:
-            buf = slot.host_buffer(shapes[name], self._dtypes[name])
-            b.bind_output(name, "cpu", 0, buf.dtype.type, list(buf.shape), buf.ctypes.data)
-            out[name] = buf
+        out = {name: slot.bind_to_host(name, shapes[name], self._dtypes[name]) for name in names}
         slot.session.run_with_iobinding(b)
         return out
 
@@ -307,9 +306,7 @@ class Engine:
         b.bind_output(OUTPUT_NAME if adapter is None else adapter.call.output_name, kit.device, kit.device_id)
         out: dict[str, Any] = {}
         if LABELS_NAME in names:
-            out[LABELS_NAME] = slot.host_buffer((n, h, w), self._dtypes[LABELS_NAME])
-            b.bind_output(LABELS_NAME, "cpu", 0, out[LABELS_NAME].dtype.type, [n, h, w],
-                          out[LABELS_NAME].ctypes.data)
+            out[LABELS_NAME] = slot.bind_to_host(LABELS_NAME, (n, h, w), self._dtypes[LABELS_NAME])
         slot.session.run_with_iobinding(b)
         value = b.get_outputs()[0]
         shape = tuple(value.shape())

@@ -79,7 +79,7 @@ def join_rows(parts: Sequence[Any]) -> Any:
     rows = parts[0].empty(sum(len(p) for p in parts))
     start = 0
     for part in parts:
-        rows[start:start + len(part)] = part[0:len(part)]
+        rows[start:start + len(part)] = part
         start += len(part)
     return rows
 

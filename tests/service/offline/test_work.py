@@ -17,7 +17,7 @@ from service.codec.outputs import OutputOptions, encode_output
 from service.engine.sessions import Engine
 from service.offline.work import BulkConfig, Decoded, Job, Segmenter, decode_input, output_suffix
 from service.pipeline.chain import Chain
-from service.pipeline.params import resolve
+from service.pipeline.params import InferenceParams, resolve
 from service.pipeline.runner import EngineRunner
 from service.protocol import peak_bytes
 from tests.service.api_client import png_bytes
@@ -28,6 +28,17 @@ def decoded(sizes: list[tuple[int, int]], config: BulkConfig) -> Iterator[Decode
     for i, (h, w) in enumerate(sizes):
         job = Job(f"in/{i}.png", f"in/{i}.png", f"{i}.png")
         yield decode_input(job, png_bytes(h, w, seed=i), config.limits)
+
+
+def assert_each_as_alone(config: BulkConfig, engine: Engine, sizes: list[tuple[int, int]],
+                         params: InferenceParams, output: str, *, max_batch: int) -> None:
+    """Each image's written result is what the chain makes of it alone (``max_batch`` tiles a run)."""
+    chain = Chain(engine.meta, NO_LIMITS)
+    for i, (h, w) in enumerate(sizes):
+        rgb = decode(png_bytes(h, w, seed=i), None, NO_LIMITS).rgb
+        alone, _ = chain.labels_now(rgb, params, runner=EngineRunner(engine, max_batch))
+        assert (config.out / f"{i}.png").read_bytes() == encode_output(output, engine.meta, rgb, alone,
+                                                                       OutputOptions()).body
 
 
 def count_batches(engine: Engine, fail: Sequence[int] = ()) -> dict[str, list[int]]:
@@ -67,12 +78,7 @@ def test_pooled_results_are_the_chains_per_image(tmp_path: Path, with_labels: bo
     assert all(r.status == "ok" for r in records)
     # tiles of successive images shared batches: every batch of an output full but its last
     assert all(n == 3 for batch in batches.values() for n in batch[:-1])
-    chain = Chain(engine.meta, NO_LIMITS)
-    for i, (h, w) in enumerate(sizes):
-        rgb = decode(png_bytes(h, w, seed=i), None, NO_LIMITS).rgb
-        alone, _ = chain.labels_now(rgb, params, runner=EngineRunner(engine, 3))
-        assert (config.out / f"{i}.png").read_bytes() == encode_output("color", engine.meta, rgb, alone,
-                                                                       OutputOptions()).body
+    assert_each_as_alone(config, engine, sizes, params, "color", max_batch=3)
 
 
 def test_an_image_that_cannot_be_planned_fails_alone(tmp_path: Path, model: Path) -> None:
@@ -133,9 +139,4 @@ def test_streamed_images_finish_and_equal_the_chains(tmp_path: Path, monkeypatch
     sizes = [(50, 70), (30, 40), (90, 60)]
     records = list(Segmenter(config, engine).records(decoded(sizes, config)))
     assert sorted(r.status for r in records) == ["ok"] * len(sizes)
-    chain = Chain(engine.meta, NO_LIMITS)
-    for i, (h, w) in enumerate(sizes):
-        rgb = decode(png_bytes(h, w, seed=i), None, NO_LIMITS).rgb
-        alone, _ = chain.labels_now(rgb, params, runner=EngineRunner(engine, 4))
-        assert (config.out / f"{i}.png").read_bytes() == encode_output("label", engine.meta, rgb, alone,
-                                                                       OutputOptions()).body
+    assert_each_as_alone(config, engine, sizes, params, "label", max_batch=4)
